@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wrpo_ray.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "jobs" / "configs" / "tiny-cpu.yaml"
+
+
+def _raw(tmp_path: Path) -> dict:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    return {
+        "generate": {
+            "output_dir": str(tmp_path / "out"),
+            "data": {"prompts": str(prompts)},
+            "sources": [{"name": "a", "path": "toy://llama"}, {"name": "b", "path": "toy://qwen2"}],
+            "reward": {"model": {"name": "rm", "path": "toy://reward"}},
+        }
+    }
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    return str(e.value)
+
+
+def test_tiny_config_loads(monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(TINY)
+    assert [s.name for s in cfg.generate.sources] == ["llama-src", "qwen2-src", "mistral-src"]
+    assert cfg.generate.sources[0].sampling.n == 3
+    assert cfg.generate.reward.model.name == "toy-rm"
+    assert all(not s.trust_remote_code for s in cfg.generate.sources)
+
+
+def test_defaults_are_the_papers(tmp_path):
+    s = parse_config(_raw(tmp_path)).generate.sources[0].sampling
+    assert (s.n, s.temperature, s.top_p) == (5, 0.8, 0.95)
+
+
+def test_unknown_key_is_named(tmp_path):
+    raw = _raw(tmp_path)
+    raw["generate"]["sources"][0]["sampling"] = {"temprature": 0.5}
+    assert "generate.sources.0.sampling.temprature" in _error(raw)
+
+
+def test_missing_model_path_is_named(tmp_path):
+    raw = _raw(tmp_path)
+    raw["generate"]["sources"][1]["path"] = str(tmp_path / "nope")
+    msg = _error(raw)
+    assert "generate.sources.1.path" in msg and "does not exist" in msg
+
+
+def test_missing_prompts_file_is_named(tmp_path):
+    raw = _raw(tmp_path)
+    raw["generate"]["data"]["prompts"] = str(tmp_path / "missing.jsonl")
+    assert "generate.data.prompts" in _error(raw)
+
+
+@pytest.mark.parametrize(("key", "value"), [("n", 0), ("temperature", -1.0), ("top_p", 1.5), ("max_tokens", 0)])
+def test_out_of_range_sampling(tmp_path, key, value):
+    raw = _raw(tmp_path)
+    raw["generate"]["sources"][0]["sampling"] = {key: value}
+    assert f"generate.sources.0.sampling.{key}" in _error(raw)
+
+
+def test_unknown_toy_model(tmp_path):
+    raw = _raw(tmp_path)
+    raw["generate"]["sources"][0]["path"] = "toy://gpt5"
+    assert "unknown toy model" in _error(raw)
+
+
+def test_duplicate_source_names(tmp_path):
+    raw = _raw(tmp_path)
+    raw["generate"]["sources"][1]["name"] = "a"
+    assert "duplicate names" in _error(raw)
+
+
+def test_reward_needs_exactly_one_of_model_and_verifier(tmp_path):
+    raw = _raw(tmp_path)
+    raw["generate"]["reward"]["verifier"] = "wrpo_ray.toy.task:verify"
+    assert "exactly one" in _error(raw)
+    raw["generate"]["reward"] = {"verifier": "wrpo_ray.toy.task:no_such_fn"}
+    assert "cannot import" in _error(raw)
+    raw["generate"]["reward"] = {"verifier": "wrpo_ray.toy.task:verify"}
+    assert parse_config(raw).generate.reward.verifier == "wrpo_ray.toy.task:verify"
+
+
+def test_hub_id_accepted_without_download(tmp_path):
+    raw = _raw(tmp_path)
+    raw["generate"]["sources"][0]["path"] = "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert parse_config(raw).generate.sources[0].path == "meta-llama/Meta-Llama-3-8B-Instruct"
+
+
+def test_overrides_and_missing_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_raw(tmp_path)))
+    cfg = load_config(path, ["generate.sources.0.sampling.n=7", "generate.seed=3"])
+    assert cfg.generate.sources[0].sampling.n == 7 and cfg.generate.seed == 3
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")

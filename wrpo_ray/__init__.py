@@ -1,0 +1,1 @@
+"""wrpo-ray: implicit model fusion with WRPO on Ray."""

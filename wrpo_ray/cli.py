@@ -1,0 +1,70 @@
+"""The `wrpo-ray` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from wrpo_ray.config import ConfigError, load_config
+from wrpo_ray.data.prompts import InputError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set generate.output_dir=/tmp/out (repeatable)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.strict:
+        overrides.append("generate.data.strict=true")
+    if args.output_dir:
+        overrides.append(f"generate.output_dir={args.output_dir}")
+    cfg = load_config(args.config, overrides)
+    from wrpo_ray.generate.pipeline import format_summary, run_generate
+
+    result = run_generate(cfg.generate)
+    print(format_summary(result.summary))
+    return 0
+
+
+def cmd_build_toy(args: argparse.Namespace) -> int:
+    from wrpo_ray.toy.build import build_all
+
+    for name, path in build_all(args.root).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wrpo-ray", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="source generation, reward scoring and selection of y_ws")
+    _add_config_args(g)
+    g.add_argument("--strict", action="store_true", help="fail on any bad prompt row instead of quarantining")
+    g.add_argument("--output-dir", help="override generate.output_dir")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("build-toy", help="build the tiny models of the embedded default")
+    t.add_argument("--root", help="directory (default: $WRPO_RAY_TOY_DIR or ~/.cache/wrpo-ray/toy)")
+    t.set_defaults(func=cmd_build_toy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Schemas, prompt input with validation and quarantine, and Parquet output."""

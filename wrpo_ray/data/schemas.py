@@ -1,0 +1,53 @@
+"""Arrow schemas of what the stages exchange and persist (documented in docs/schemas.md)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+PROMPTS = pa.schema([
+    ("prompt_id", pa.string()),
+    ("prompt", pa.string()),
+    ("messages", MESSAGES),
+    ("metadata", pa.string()),
+])
+
+GENERATED = pa.schema([
+    *PROMPTS,
+    ("model", pa.string()),
+    ("sample_idx", pa.int32()),
+    ("response", pa.string()),
+    ("num_tokens", pa.int32()),
+    ("prompt_tokens", pa.int32()),
+    ("finish_reason", pa.string()),
+    ("gen_seconds", pa.float64()),
+    ("error", pa.string()),
+])
+
+SCORED = pa.schema([*GENERATED, ("reward", pa.float64())])
+
+SELECTIONS = pa.schema([
+    ("prompt_id", pa.string()),
+    ("prompt", pa.string()),
+    ("messages", MESSAGES),
+    ("metadata", pa.string()),
+    ("y_ws", pa.string()),
+    ("reward_ws", pa.float64()),
+    ("source_model", pa.string()),
+    ("source_sample_idx", pa.int32()),
+    ("num_tokens_ws", pa.int32()),
+    ("num_candidates", pa.int32()),
+    ("rewards_by_model", pa.string()),
+])
+
+QUARANTINE = pa.schema([
+    ("stage", pa.string()),
+    ("source", pa.string()),
+    ("row_index", pa.int64()),
+    ("prompt_id", pa.string()),
+    ("model", pa.string()),
+    ("sample_idx", pa.int32()),
+    ("reason", pa.string()),
+    ("raw", pa.string()),
+])

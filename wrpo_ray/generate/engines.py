@@ -1,0 +1,77 @@
+"""vLLM generation as a Ray Data callable class: one instance per actor, one actor pool per source model.
+
+A class of our own rather than `ray.data.llm.build_processor`: it needs K samples per prompt from one
+request (`SamplingParams(n=K)`), each model's own chat template, and per-row errors (a prompt too long for
+this model's context) that become quarantine rows instead of failing the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from wrpo_ray.data.schemas import GENERATED
+
+
+class VLLMGenerator:
+    """Generates `sampling.n` responses per prompt with one vLLM engine."""
+
+    def __init__(self, model: dict[str, Any], local_path: str, seed: int) -> None:
+        from vllm import LLM, SamplingParams
+
+        self.name = model["name"]
+        engine_kwargs = dict(model.get("engine_kwargs", {}))
+        self.llm = LLM(
+            model=local_path,
+            tokenizer=local_path,
+            dtype=model.get("dtype", "auto"),
+            seed=seed,
+            trust_remote_code=model.get("trust_remote_code", False),
+            **engine_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.chat_template = model.get("chat_template")
+        s = model["sampling"]
+        self.params = SamplingParams(
+            n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"]
+        )
+        self.max_prompt_tokens = self.llm.llm_engine.model_config.max_model_len - s["max_tokens"]
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from vllm.inputs import TokensPrompt
+
+        rows = batch.to_pylist()
+        out: list[dict[str, Any]] = []
+        requests, owners = [], []
+        for row in rows:
+            ids = self._prompt_ids(row["messages"])
+            if len(ids) > self.max_prompt_tokens:
+                out.append(self._row(row, 0, None, 0, len(ids), None,
+                                     f"prompt_too_long_for_model: {len(ids)} tokens > {self.max_prompt_tokens}", 0.0))
+                continue
+            requests.append(TokensPrompt(prompt_token_ids=ids))
+            owners.append(row)
+        t0 = time.perf_counter()
+        results = self.llm.generate(requests, self.params, use_tqdm=False) if requests else []
+        per_sample = (time.perf_counter() - t0) / max(sum(len(r.outputs) for r in results), 1)
+        for row, res in zip(owners, results, strict=True):
+            for c in res.outputs:
+                out.append(self._row(row, c.index, c.text, len(c.token_ids), len(res.prompt_token_ids),
+                                     c.finish_reason, None, per_sample))
+        return pa.Table.from_pylist(out, schema=GENERATED)
+
+    def _row(self, row, idx, text, n_tok, p_tok, finish, error, seconds) -> dict[str, Any]:
+        return {
+            "prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
+            "metadata": row["metadata"], "model": self.name, "sample_idx": idx, "response": text,
+            "num_tokens": n_tok, "prompt_tokens": p_tok, "finish_reason": finish, "gen_seconds": seconds,
+            "error": error,
+        }

@@ -1,0 +1,198 @@
+"""The generation stage as one Ray Data plan: prompts -> one vLLM pool per source -> reward -> y_ws.
+
+Pools of different source models run concurrently (their branches are unioned into one streaming plan),
+as far as the cluster's resources allow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wrpo_ray.config import GenerateConfig, resolve_model_path
+from wrpo_ray.data.io import write_dataset, write_json, write_table
+from wrpo_ray.data.prompts import InputError, read_prompts
+from wrpo_ray.data.schemas import PROMPTS, QUARANTINE, SELECTIONS
+from wrpo_ray.generate.engines import VLLMGenerator
+from wrpo_ray.generate.reward import RewardModelScorer, VerifierScorer
+from wrpo_ray.generate.select import rank, win_shares
+from wrpo_ray.runtime import ensure_ray
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateResult:
+    output_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def source_samples(prompts: Any, cfg: GenerateConfig) -> Any:
+    """One vLLM actor pool per source model over the same prompts, unioned into one dataset."""
+    branches = []
+    for i, src in enumerate(cfg.sources):
+        pool = src.pool
+        branches.append(
+            prompts.map_batches(
+                VLLMGenerator,
+                fn_constructor_kwargs={
+                    "model": src.model_dump(),
+                    "local_path": resolve_model_path(src.path),
+                    "seed": cfg.seed + i,
+                },
+                batch_format="pyarrow",
+                batch_size=pool.batch_size,
+                concurrency=pool.concurrency,
+                num_cpus=pool.num_cpus,
+                num_gpus=pool.num_gpus,
+            )
+        )
+    return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
+
+
+def score(samples: Any, cfg: GenerateConfig) -> Any:
+    """Add a `reward` column with the reward model's actor pool or the Python verifier."""
+    reward = cfg.reward
+    if reward.verifier is not None:
+        return samples.map_batches(VerifierScorer, fn_constructor_kwargs={"spec": reward.verifier},
+                                   batch_format="pyarrow", concurrency=1, num_cpus=1)
+    rm = reward.model
+    return samples.map_batches(
+        RewardModelScorer,
+        fn_constructor_kwargs={"model": rm.model_dump(), "local_path": resolve_model_path(rm.path),
+                               "max_length": reward.max_length},
+        batch_format="pyarrow",
+        batch_size=rm.pool.batch_size,
+        concurrency=rm.pool.concurrency,
+        num_cpus=rm.pool.num_cpus,
+        num_gpus=rm.pool.num_gpus,
+    )
+
+
+def select_group(group: pa.Table) -> pa.Table:
+    """`map_groups` function: the y_ws row of one prompt's scored samples."""
+    samples = group.select(["model", "sample_idx", "reward", "response", "num_tokens"]).to_pylist()
+    ranked = rank(samples)
+    if not ranked:
+        return pa.Table.from_pylist([], schema=SELECTIONS)
+    best = ranked[0]
+    by_model: dict[str, list[float]] = {}
+    for s in ranked:
+        by_model.setdefault(s["model"], []).append(round(float(s["reward"]), 6))
+    head = group.slice(0, 1).to_pylist()[0]
+    return pa.Table.from_pylist([{
+        "prompt_id": head["prompt_id"], "prompt": head["prompt"], "messages": head["messages"],
+        "metadata": head["metadata"], "y_ws": best["response"], "reward_ws": float(best["reward"]),
+        "source_model": best["model"], "source_sample_idx": best["sample_idx"],
+        "num_tokens_ws": best["num_tokens"], "num_candidates": len(ranked),
+        "rewards_by_model": json.dumps(by_model, sort_keys=True),
+    }], schema=SELECTIONS)
+
+
+def _split_errors(batch: pa.Table, keep_errors: bool) -> pa.Table:
+    mask = pc.is_null(batch["error"])
+    return batch.filter(pc.invert(mask) if keep_errors else mask)
+
+
+def _quarantine_rows(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
+    return [{
+        "stage": stage, "source": r.get("source"), "row_index": r.get("row_index"),
+        "prompt_id": r.get("prompt_id"), "model": r.get("model"), "sample_idx": r.get("sample_idx"),
+        "reason": r["reason"], "raw": r.get("raw"),
+    } for r in rows]
+
+
+def run_generate(cfg: GenerateConfig) -> GenerateResult:
+    """Run the generation stage and persist `samples/`, `selections/`, `quarantine/` and `summary.json`."""
+    import ray
+
+    out = Path(cfg.output_dir)
+    batch = read_prompts(cfg.data.prompts, max_prompt_chars=cfg.data.max_prompt_chars, strict=cfg.data.strict)
+    quarantine = _quarantine_rows(batch.quarantined, "input")
+    log.info("prompts: %d in, %d valid, %d quarantined", batch.rows_in, len(batch.valid), len(quarantine))
+    if not batch.valid:
+        write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE), out / "quarantine")
+        raise InputError(f"no valid prompts in {cfg.data.prompts}; see {out / 'quarantine'}")
+
+    ensure_ray()
+    prompts = ray.data.from_arrow(pa.Table.from_pylist(batch.valid, schema=PROMPTS))
+    t0 = time.perf_counter()
+    scored = score(source_samples(prompts, cfg), cfg).materialize()
+    gen_seconds = time.perf_counter() - t0
+
+    good = scored.map_batches(_split_errors, fn_kwargs={"keep_errors": False}, batch_format="pyarrow")
+    bad = scored.map_batches(_split_errors, fn_kwargs={"keep_errors": True}, batch_format="pyarrow")
+    bad_rows = bad.select_columns(["prompt_id", "model", "sample_idx", "error", "response"]).take_all()
+    quarantine += _quarantine_rows(
+        [{**r, "reason": r["error"], "raw": (r["response"] or "")[:2000]} for r in bad_rows], "generate"
+    )
+    write_dataset(good, out / "samples")
+
+    selections = good.groupby("prompt_id").map_groups(select_group, batch_format="pyarrow").materialize()
+    write_dataset(selections, out / "selections")
+
+    stats = good.select_columns(["prompt_id", "model", "num_tokens"]).to_pandas()
+    winners = selections.select_columns(["prompt_id", "source_model"]).to_pandas()
+    selected_ids = set(winners["prompt_id"])
+    for row in batch.valid:
+        if row["prompt_id"] not in selected_ids:
+            quarantine.append(_quarantine_rows([{
+                "prompt_id": row["prompt_id"], "reason": "no_scored_samples: every sample failed",
+            }], "select")[0])
+    write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE), out / "quarantine",
+                sort_by=["stage", "prompt_id"])
+
+    names = [s.name for s in cfg.sources]
+    all_tokens = int(stats["num_tokens"].sum())
+    summary = {
+        "stage": "generate",
+        "prompts": {"in": batch.rows_in, "valid": len(batch.valid), "out": len(selected_ids),
+                    "quarantined": batch.rows_in - len(batch.valid) + (len(batch.valid) - len(selected_ids))},
+        "samples": {
+            "expected": len(batch.valid) * sum(s.sampling.n for s in cfg.sources),
+            "out": len(stats), "quarantined": len(bad_rows),
+            "per_source": {m: int((stats["model"] == m).sum()) for m in names},
+        },
+        "tokens": {"generated": all_tokens, "seconds": round(gen_seconds, 2),
+                   "tokens_per_s": round(all_tokens / gen_seconds, 1) if gen_seconds else 0.0},
+        "win_shares": win_shares(winners["source_model"].tolist(), names),
+        "quarantine_reasons": _reason_counts(quarantine),
+        "output_dir": str(out),
+    }
+    write_json(summary, out / "summary.json")
+    return GenerateResult(output_dir=out, summary=summary)
+
+
+def _reason_counts(quarantine: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for q in quarantine:
+        key = f"{q['stage']}:{q['reason'].split(':', 1)[0]}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-stage report: counts in/out/aside, samples per source, throughput, win shares."""
+    p, s, t = summary["prompts"], summary["samples"], summary["tokens"]
+    lines = [
+        f"prompts   in {p['in']}  valid {p['valid']}  out {p['out']}  quarantined {p['quarantined']}",
+        f"samples   expected {s['expected']}  out {s['out']}  quarantined {s['quarantined']}",
+        f"tokens    {t['generated']} generated in {t['seconds']} s ({t['tokens_per_s']} tokens/s, "
+        "generation + scoring)",
+        "",
+        f"{'source model':<24}{'samples':>10}{'win share':>12}",
+    ]
+    for m, share in summary["win_shares"].items():
+        lines.append(f"{m:<24}{s['per_source'].get(m, 0):>10}{share * 100:>11.1f}%")
+    if summary["quarantine_reasons"]:
+        lines += ["", "quarantine reasons:"]
+        lines += [f"  {k}: {v}" for k, v in summary["quarantine_reasons"].items()]
+    lines.append(f"\noutputs in {summary['output_dir']}")
+    return "\n".join(lines)

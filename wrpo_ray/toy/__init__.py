@@ -1,0 +1,1 @@
+"""The embedded default: tiny heterogeneous models and a synthetic task with checkable answers."""

@@ -1,0 +1,101 @@
+"""Specs of the tiny models the embedded default builds: different architectures, tokenizers, vocabularies.
+
+Kept free of heavy imports so that config validation can check `toy://NAME` without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ChatStyle:
+    """Special tokens and the Jinja chat template of one tokenizer family."""
+
+    bos: str
+    eos: str
+    pad: str
+    extra: tuple[str, ...]
+    template: str
+
+
+LLAMA_STYLE = ChatStyle(
+    bos="<|begin_of_text|>",
+    eos="<|eot_id|>",
+    pad="<|pad|>",
+    extra=("<|start_header_id|>", "<|end_header_id|>"),
+    template=(
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    ),
+)
+CHATML_STYLE = ChatStyle(
+    bos="<|endoftext|>",
+    eos="<|im_end|>",
+    pad="<|endoftext|>",
+    extra=("<|im_start|>",),
+    template=(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+)
+MISTRAL_STYLE = ChatStyle(
+    bos="<s>",
+    eos="</s>",
+    pad="<pad>",
+    extra=("[INST]", "[/INST]"),
+    template=(
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}"
+    ),
+)
+GEMMA_STYLE = ChatStyle(
+    bos="<bos>",
+    eos="<end_of_turn>",
+    pad="<pad>",
+    extra=("<start_of_turn>",),
+    template=(
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+        "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    ),
+)
+REWARD_STYLE = ChatStyle(
+    bos="[BOS]",
+    eos="[EOS]",
+    pad="[PAD]",
+    extra=("[USER]", "[ASSISTANT]"),
+    template=(
+        "{{ bos_token }}{% for m in messages %}{{ '[USER]' if m['role'] == 'user' else '[ASSISTANT]' }}"
+        "{{ m['content'] }}{% endfor %}{{ eos_token }}"
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ToyModelSpec:
+    """A tiny HF model. head_dim must stay 64: vLLM's CPU attention rejects smaller heads."""
+
+    arch: str
+    vocab_size: int
+    style: ChatStyle
+    seed: int
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 1024
+    reward_head: bool = False
+    extra_config: dict = field(default_factory=dict)
+
+
+TOY_MODELS: dict[str, ToyModelSpec] = {
+    "llama": ToyModelSpec(arch="llama", vocab_size=512, style=LLAMA_STYLE, seed=11),
+    "qwen2": ToyModelSpec(arch="qwen2", vocab_size=768, style=CHATML_STYLE, seed=12, num_kv_heads=1),
+    "mistral": ToyModelSpec(arch="mistral", vocab_size=640, style=MISTRAL_STYLE, seed=13),
+    "gemma2": ToyModelSpec(arch="gemma2", vocab_size=896, style=GEMMA_STYLE, seed=14),
+    "target": ToyModelSpec(arch="qwen2", vocab_size=704, style=CHATML_STYLE, seed=15),
+    "reward": ToyModelSpec(arch="llama", vocab_size=448, style=REWARD_STYLE, seed=16, reward_head=True),
+}

@@ -1,0 +1,89 @@
+"""A synthetic instruction task with several distinct skills and checkable answers.
+
+Each prompt row carries its `skill` and exact `answer`, so a verifier can judge any model's response
+without a reward model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _word(rng: random.Random, lo: int = 3, hi: int = 7) -> str:
+    return "".join(rng.choice(_LETTERS) for _ in range(rng.randint(lo, hi)))
+
+
+def _reverse(rng: random.Random) -> tuple[str, str]:
+    w = _word(rng)
+    return f"Reverse the letters: {w}", w[::-1]
+
+
+def _upper(rng: random.Random) -> tuple[str, str]:
+    w = _word(rng)
+    return f"Uppercase: {w}", w.upper()
+
+
+def _add(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    return f"Add: {a}+{b}", str(a + b)
+
+
+def _sort(rng: random.Random) -> tuple[str, str]:
+    w = _word(rng)
+    return f"Sort the letters: {w}", "".join(sorted(w))
+
+
+SKILLS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "reverse": _reverse,
+    "upper": _upper,
+    "add": _add,
+    "sort": _sort,
+}
+
+
+def make_examples(n: int, seed: int, skills: list[str] | None = None) -> list[dict[str, Any]]:
+    """`n` prompts cycling through `skills`, deterministic in `seed`."""
+    rng = random.Random(seed)
+    names = skills or sorted(SKILLS)
+    rows = []
+    for i in range(n):
+        skill = names[i % len(names)]
+        prompt, answer = SKILLS[skill](rng)
+        rows.append({"prompt_id": f"toy-{seed}-{i:05d}", "prompt": prompt, "skill": skill, "answer": answer})
+    return rows
+
+
+def corpus(seed: int = 0, n: int = 2000) -> Iterator[str]:
+    """Text to train the toy tokenizers on: task prompts, answers and some filler prose."""
+    for row in make_examples(n, seed):
+        yield row["prompt"]
+        yield row["answer"]
+    yield from (
+        "The quick brown fox jumps over the lazy dog.",
+        "Answer the question with one word.",
+        "0 1 2 3 4 5 6 7 8 9 10 100 1000",
+        _LETTERS + _LETTERS.upper(),
+    )
+
+
+def verify(row: dict[str, Any], response: str) -> float:
+    """Graded correctness: 1.0 for the exact answer, else up to 0.5 by character similarity."""
+    answer = str(row["answer"])
+    got = response.strip()
+    if got == answer:
+        return 1.0
+    return 0.5 * difflib.SequenceMatcher(None, got, answer).ratio()
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")

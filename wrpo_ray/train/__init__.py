@@ -1,0 +1,1 @@
+"""Training: preference-optimization losses, batching and the distributed training loop."""
