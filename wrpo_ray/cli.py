@@ -16,6 +16,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set generate.output_dir=/tmp/out (repeatable)")
 
 
+def _section(cfg, name: str):
+    section = getattr(cfg, name)
+    if section is None:
+        raise ConfigError(f"the config has no '{name}' section")
+    return section
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.strict:
@@ -23,11 +30,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"generate.output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
+    _section(cfg, "generate")
     from wrpo_ray.generate.pipeline import format_summary, run_generate
 
     result = run_generate(cfg.generate)
     print(format_summary(result.summary))
     return 0
+
+
+def _train_command(section: str):
+    def run(args: argparse.Namespace) -> int:
+        cfg = _section(load_config(args.config, args.overrides), section)
+        from wrpo_ray.train.run import run_training
+
+        summary = run_training(cfg, "sft" if section == "sft" else "preference")
+        print(format_train_summary(summary))
+        return 0
+
+    return run
+
+
+def format_train_summary(s: dict) -> str:
+    rows, steps = s["rows"], s["steps"]
+    lines = [
+        f"{s['stage']} ({s['objective']}): rows in {rows['in']}  trained {rows['trained']}  "
+        f"quarantined {rows['quarantined']}  unused per epoch {rows['unused_per_epoch']}",
+        f"truncated: {s['truncated']['prompts']} prompts, {s['truncated']['responses']} responses",
+        f"steps {steps['completed']}/{steps['total']}  train {s['seconds']['train']} s  reference: {s['reference']}",
+        "final metrics: " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(s["final_metrics"].items())),
+        f"model: {s['model_dir']}",
+        f"checkpoints: {s['checkpoints']}",
+        f"tensorboard: {s['tensorboard']}",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_build_toy(args: argparse.Namespace) -> int:
@@ -48,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strict", action="store_true", help="fail on any bad prompt row instead of quarantining")
     g.add_argument("--output-dir", help="override generate.output_dir")
     g.set_defaults(func=cmd_generate)
+
+    for name, section, text in [("sft", "sft", "Target-SFT: NLL of y_ws on the SFT split"),
+                                ("train", "train", "WRPO / DPO / IPO / SimPO training on preference data")]:
+        p = sub.add_parser(name, help=text)
+        _add_config_args(p)
+        p.set_defaults(func=_train_command(section))
 
     t = sub.add_parser("build-toy", help="build the tiny models of the embedded default")
     t.add_argument("--root", help="directory (default: $WRPO_RAY_TOY_DIR or ~/.cache/wrpo-ray/toy)")

@@ -126,12 +126,84 @@ class GenerateConfig(_Strict):
         return self
 
 
+class LossSection(_Strict):
+    """The preference objective. Unset hyperparameters take the paper's Table 6 values for the objective."""
+
+    objective: Literal["wrpo", "dpo", "ipo", "simpo"] = "wrpo"
+    inner: Literal["dpo", "ipo", "simpo"] = "dpo"
+    beta: float | None = Field(None, gt=0)
+    gamma: float | None = Field(None, ge=0)
+    tau: float | None = Field(None, gt=0)
+    alpha: float | None = Field(None, ge=0, le=1)
+    schedule: Literal["dynamic", "static"] = "dynamic"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    ipo_length_normalize: bool = True
+    pair: Literal["on", "hybrid"] = "on"
+
+
+PAPER_LR = {"dpo": 3e-7, "ipo": 1e-6, "simpo": 6e-7, "wrpo-dpo": 3e-7, "wrpo-ipo": 1e-6, "wrpo-simpo": 6e-7}
+
+
+class TrainerSettings(_Strict):
+    """Ray Train + DeepSpeed settings shared by the SFT and preference stages."""
+
+    policy: ModelConfig
+    data: str
+    output_dir: str
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    zero_stage: int = Field(3, ge=0, le=3)
+    micro_batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(2048, ge=8)
+    max_prompt_length: int = Field(1800, ge=4)
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> TrainerSettings:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+    @field_validator("data")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        """Existence is checked when the stage starts: an earlier stage of the same run may produce it."""
+        return str(Path(v).resolve())
+
+
+class SftConfig(TrainerSettings):
+    """Target-SFT: NLL of y_ws on the SFT split of the selections."""
+
+    split_fraction: float = Field(1 / 3, gt=0, le=1)
+    learning_rate: float | None = Field(1e-5, gt=0)
+
+
+class PreferenceTrainConfig(TrainerSettings):
+    """WRPO or a pairwise baseline on preference data; reference defaults to the policy (Target-SFT)."""
+
+    reference: ModelConfig | None = None
+    loss: LossSection = Field(default_factory=LossSection)
+    precompute_reference: bool = True
+
+
 class WrpoConfig(_Strict):
-    """Root of a config file. Later stages add their own sections here."""
+    """Root of a config file; each stage reads its own section."""
 
     run_name: str = "wrpo"
-    generate: GenerateConfig
+    generate: GenerateConfig | None = None
     target: ModelConfig | None = None
+    sft: SftConfig | None = None
+    train: PreferenceTrainConfig | None = None
 
 
 def resolve_callable(spec: str) -> Any:

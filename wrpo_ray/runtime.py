@@ -21,3 +21,13 @@ def ensure_ray() -> None:
         runtime_env={"env_vars": env} if env else None,
         log_to_driver=True,
     )
+
+
+def use_cpu_accelerator_if_no_gpu() -> None:
+    """DeepSpeed picks its accelerator at import; without a GPU it must be told to use the CPU."""
+    if "DS_ACCELERATOR" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"

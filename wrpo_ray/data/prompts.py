@@ -58,7 +58,7 @@ def _iter_table_rows(rows: Iterator[dict[str, Any]]) -> Iterator[tuple[int, dict
         yield i, row, None, json.dumps(row, default=str)[:2000]
 
 
-def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
+def iter_input_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
         import datasets
 
@@ -159,7 +159,7 @@ def read_prompts(path: str | Path, *, max_prompt_chars: int, strict: bool = Fals
     path = Path(path)
     if not path.exists():
         raise InputError(f"prompt input {path} does not exist")
-    batch = validate_rows(_read_rows(path), source=str(path), max_prompt_chars=max_prompt_chars)
+    batch = validate_rows(iter_input_rows(path), source=str(path), max_prompt_chars=max_prompt_chars)
     if strict and batch.quarantined:
         head = "; ".join(f"row {q['row_index']}: {q['reason']}" for q in batch.quarantined[:5])
         raise InputError(f"{len(batch.quarantined)} bad prompt rows in {path} (strict mode): {head}")

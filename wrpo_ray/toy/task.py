@@ -60,6 +60,18 @@ def make_examples(n: int, seed: int, skills: list[str] | None = None) -> list[di
     return rows
 
 
+def make_preference_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Toy preference quadruples: y_ws the exact answer, y_wt half of it, y_l a refusal."""
+    rows = []
+    for ex in make_examples(n, seed):
+        answer = ex["answer"]
+        rows.append({
+            "prompt_id": ex["prompt_id"], "prompt": ex["prompt"], "skill": ex["skill"],
+            "y_ws": answer, "y_wt": answer[: max(1, len(answer) // 2)], "y_l": "no idea, sorry",
+        })
+    return rows
+
+
 def corpus(seed: int = 0, n: int = 2000) -> Iterator[str]:
     """Text to train the toy tokenizers on: task prompts, answers and some filler prose."""
     for row in make_examples(n, seed):

@@ -1,0 +1,164 @@
+"""Tokenization of preference examples with the target's chat template, and collation into tensors.
+
+An example with R responses becomes R sequences ``prompt + completion_r`` that share the same prompt
+tokens. The completion is what the chat template adds after the generation prompt when the response is
+appended as an assistant turn, so it includes the end-of-turn text the model must learn to emit
+(``<|im_end|>\\n`` for ChatML, ``</s>`` for Mistral). Labels are ``-100`` on prompt and padding positions.
+
+Label convention: ``labels[s, t]`` is the token at position ``t`` when it is scored, ``-100`` otherwise.
+A causal LM predicts token ``t`` from position ``t - 1``, so the log-prob of a labelled token comes from
+``logits[s, t - 1]``. :func:`next_token_targets` and :func:`per_token_targets` do the shift.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from wrpo_ray.train.preference_data import response_names
+
+IGNORE_INDEX = -100
+
+
+def tokenize_example(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    responses: list[str],
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    chat_template: str | None = None,
+) -> tuple[dict[str, list] | None, str | None, dict[str, Any]]:
+    """Encode one example; ``(encoded, None, stats)`` or ``(None, reason, stats)``.
+
+    Truncation follows TRL: a prompt longer than ``max_prompt_length`` keeps its last tokens, then each
+    completion is cut from the right to fit ``max_length``. ``stats`` counts what was cut, and how many
+    responses needed the fallback for a template whose prompt is not a prefix of the full conversation
+    (response tokens plus EOS).
+    """
+    if max_length < 1 or max_prompt_length < 1:
+        raise ValueError(f"max_length and max_prompt_length must be positive, got {max_length}, {max_prompt_length}")
+    prompt_text, completions = _render(tokenizer, messages, responses, chat_template)
+    prompt_ids = _encode(tokenizer, prompt_text)
+    completion_ids = [
+        _encode(tokenizer, text) if text is not None else _fallback_completion(tokenizer, response)
+        for text, response in zip(completions, responses, strict=True)
+    ]
+    stats: dict[str, Any] = {
+        "prompt_truncated": len(prompt_ids) > max_prompt_length,
+        "response_truncated": 0,
+        "template_fallback": sum(text is None for text in completions),
+    }
+    prompt_ids = prompt_ids[-max_prompt_length:]
+    room = max_length - len(prompt_ids)
+    stats["response_truncated"] = sum(len(ids) > room for ids in completion_ids)
+    completion_ids = [ids[: max(room, 0)] for ids in completion_ids]
+    empty = [name for name, ids in zip(response_names(len(responses)), completion_ids, strict=True) if not ids]
+    if empty:
+        return None, f"all_response_tokens_truncated: {', '.join(empty)}", stats
+    encoded = {
+        "input_ids": [prompt_ids + ids for ids in completion_ids],
+        "labels": [[IGNORE_INDEX] * len(prompt_ids) + ids for ids in completion_ids],
+        "num_response_tokens": [len(ids) for ids in completion_ids],
+    }
+    return encoded, None, stats
+
+
+def _render(
+    tokenizer: Any, messages: list[dict[str, str]], responses: list[str], chat_template: str | None
+) -> tuple[str, list[str | None]]:
+    """The prompt text and each completion text; None where the prompt is not a prefix of the conversation.
+
+    Templates without a generation prompt (Mistral's) render the same text either way; a template that
+    ignores ``add_generation_prompt`` is tried without it as well.
+    """
+
+    def apply(conversation: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+        )
+
+    fulls = [apply([*messages, {"role": "assistant", "content": r}], False) for r in responses]
+    prompts = [apply(messages, True), apply(messages, False)]
+    for prompt in prompts:
+        if all(full.startswith(prompt) and len(full) > len(prompt) for full in fulls):
+            return prompt, [full[len(prompt) :] for full in fulls]
+    prompt = prompts[0]
+    return prompt, [
+        full[len(prompt) :] if full.startswith(prompt) and len(full) > len(prompt) else None for full in fulls
+    ]
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _fallback_completion(tokenizer: Any, response: str) -> list[int]:
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return _encode(tokenizer, response) + eos
+
+
+def collate(
+    examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, Tensor]:
+    """Stack encoded examples, example-major: row ``b * R + r`` is response ``r`` of example ``b``.
+
+    Returns right-padded ``input_ids``, ``attention_mask`` and ``labels`` of shape ``[B * R, T]``,
+    ``num_response_tokens`` of shape ``[B, R]`` (float) and, when every example has them, ``ref_logps``
+    of shape ``[B, R]``.
+    """
+    if not examples:
+        raise ValueError("collate needs at least one example")
+    n_responses = {len(e["input_ids"]) for e in examples}
+    if len(n_responses) != 1:
+        raise ValueError(f"examples have different numbers of responses: {sorted(n_responses)}")
+    sequences = [ids for e in examples for ids in e["input_ids"]]
+    labels = [lab for e in examples for lab in e["labels"]]
+    width = max(len(ids) for ids in sequences)
+    if pad_to_multiple_of:
+        width = math.ceil(width / pad_to_multiple_of) * pad_to_multiple_of
+    batch = {
+        "input_ids": torch.full((len(sequences), width), pad_token_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(sequences), width), dtype=torch.long),
+        "labels": torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long),
+    }
+    for i, (ids, lab) in enumerate(zip(sequences, labels, strict=True)):
+        batch["input_ids"][i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        batch["attention_mask"][i, : len(ids)] = 1
+        batch["labels"][i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+    batch["num_response_tokens"] = torch.tensor([e["num_response_tokens"] for e in examples], dtype=torch.float32)
+    if all(e.get("ref_logps") is not None for e in examples):
+        batch["ref_logps"] = torch.tensor([list(e["ref_logps"]) for e in examples], dtype=torch.float32)
+    return batch
+
+
+def next_token_targets(labels: Tensor) -> Tensor:
+    """``labels[:, 1:]``: the target of ``logits[:, :-1]``, so that position ``t - 1`` scores token ``t``."""
+    return labels[..., 1:]
+
+
+def per_token_targets(labels: Tensor) -> Tensor:
+    """Targets aligned with every position: ``targets[:, t] = labels[:, t + 1]``, ``-100`` at the last one.
+
+    Same shape as ``labels``, so it pairs with logits or hidden states of every position without slicing.
+    """
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[..., :-1] = labels[..., 1:]
+    return targets
+
+
+def sequence_logps_naive(logits: Tensor, labels: Tensor) -> Tensor:
+    """Summed log-prob of the labelled tokens of each sequence: ``[S, T, V]``, ``[S, T]`` -> ``[S]``.
+
+    Materialises the full log-softmax, in float64 when the logits are float64 and float32 otherwise: the
+    reference for the fused kernel and the slow path.
+    """
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    targets = per_token_targets(labels)
+    mask = targets != IGNORE_INDEX
+    logps = torch.log_softmax(logits.to(dtype), dim=-1)
+    token_logps = logps.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, token_logps, torch.zeros_like(token_logps)).sum(-1)

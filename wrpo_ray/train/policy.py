@@ -1,0 +1,55 @@
+"""Per-sequence log-probs of a causal LM through the fused kernel: no [tokens, vocab] logits in a step.
+
+The backbone gives the final hidden states; `linear_logprobs` turns them and the lm_head weight into
+per-token log-probs of the labels, chunk by chunk. Under ZeRO-3 the lm_head weight is partitioned and is
+only gathered around the forward of a module that owns it, so the wrapper registers it as an external
+parameter of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wrpo_ray.kernels import linear_logprobs
+from wrpo_ray.runtime import use_cpu_accelerator_if_no_gpu
+
+IGNORE_INDEX = -100
+
+
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Targets aligned with hidden states: position t predicts token t+1; the last position predicts nothing."""
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    return targets
+
+
+class SequenceLogprobs(nn.Module):
+    """Wraps a HF causal LM; `forward` returns the summed log-prob of each sequence's labelled tokens."""
+
+    def __init__(self, causal_lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = causal_lm
+        head = causal_lm.get_output_embeddings()
+        self.softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+        use_cpu_accelerator_if_no_gpu()
+        import deepspeed
+
+        deepspeed.zero.register_external_parameter(self, head.weight)
+        if head.bias is not None:
+            deepspeed.zero.register_external_parameter(self, head.bias)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.lm, self.lm.base_model_prefix)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (summed log-probs [S], response token counts [S]) for S sequences."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = shifted_targets(labels)
+        head = self.lm.get_output_embeddings()
+        seq_ids = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)
+        out = linear_logprobs(hidden, head.weight, targets, bias=head.bias, softcap=self.softcap,
+                              ignore_index=IGNORE_INDEX, seq_ids=seq_ids, num_seqs=labels.shape[0])
+        return out.sequence, (targets != IGNORE_INDEX).sum(dim=1)

@@ -1,0 +1,92 @@
+"""Ray Data stages that prepare training data: tokenization with the target's chat template, and the
+reference model's log-probs of every response, computed once so training loads no reference model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+
+class TokenizeBatch:
+    """Adds `input_ids`, `labels` (prompt masked), `num_response_tokens`; rows that cannot be used get `error`."""
+
+    def __init__(self, tokenizer_path: str, chat_template: str | None, max_length: int, max_prompt_length: int,
+                 trust_remote_code: bool = False) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+        self.chat_template = chat_template
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from wrpo_ray.train.batching import tokenize_example
+
+        out = []
+        for row in batch.to_pylist():
+            enc, reason, stats = tokenize_example(
+                self.tokenizer, row["messages"], row["responses"], max_length=self.max_length,
+                max_prompt_length=self.max_prompt_length, chat_template=self.chat_template,
+            )
+            out.append({
+                "prompt_id": row["prompt_id"],
+                "input_ids": enc["input_ids"] if enc else None,
+                "labels": enc["labels"] if enc else None,
+                "num_response_tokens": enc["num_response_tokens"] if enc else None,
+                "ref_logps": row.get("ref_logps"),
+                "prompt_truncated": bool(stats.get("prompt_truncated", False)),
+                "responses_truncated": int(stats.get("response_truncated", 0)),
+                "error": reason,
+            })
+        return pa.Table.from_pylist(out, schema=TOKENIZED)
+
+
+TOKENIZED = pa.schema([
+    ("prompt_id", pa.string()),
+    ("input_ids", pa.list_(pa.list_(pa.int32()))),
+    ("labels", pa.list_(pa.list_(pa.int32()))),
+    ("num_response_tokens", pa.list_(pa.int32())),
+    ("ref_logps", pa.list_(pa.float64())),
+    ("prompt_truncated", pa.bool_()),
+    ("responses_truncated", pa.int32()),
+    ("error", pa.string()),
+])
+
+
+class ReferenceLogps:
+    """Forward-only actor: the frozen reference model's summed log-probs of each response (`ref_logps`)."""
+
+    def __init__(self, model_path: str, trust_remote_code: bool = False) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from wrpo_ray.train.policy import SequenceLogprobs
+
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model = SequenceLogprobs(lm).eval().to(self.device)
+        self.pad_id = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code).pad_token_id
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from wrpo_ray.train.batching import collate
+
+        rows = batch.to_pylist()
+        for r in rows:
+            r["ref_logps"] = None
+        with torch.inference_mode():
+            enc = collate(rows, self.pad_id)
+            logps, _ = self.model(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
+                                  enc["labels"].to(self.device))
+        per_row = logps.view(len(rows), -1).double().cpu().tolist()
+        idx = batch.schema.get_field_index("ref_logps")
+        return batch.set_column(idx, "ref_logps", pa.array(per_row, pa.list_(pa.float64())))
+
+
+def quarantine_row(stage: str, prompt_id: str | None, reason: str, raw: Any = None) -> dict[str, Any]:
+    return {"stage": stage, "source": None, "row_index": None, "prompt_id": prompt_id, "model": None,
+            "sample_idx": None, "reason": reason, "raw": None if raw is None else json.dumps(raw, default=str)[:2000]}
