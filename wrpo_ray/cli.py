@@ -65,6 +65,32 @@ def format_train_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from wrpo_ray.pipeline import format_pipeline_summary, run_pipeline
+
+    summary = run_pipeline(cfg)
+    print(format_pipeline_summary(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    eval_cfg = _section(cfg, "eval")
+    judge = eval_cfg.reward or (cfg.generate.reward if cfg.generate else None)
+    if judge is None:
+        raise ConfigError("eval needs a judge: set eval.reward or generate.reward")
+    if not eval_cfg.models:
+        raise ConfigError("eval.models is empty: list the models to compare")
+    if eval_cfg.output_dir is None:
+        raise ConfigError("eval.output_dir is required")
+    from wrpo_ray.eval.stage import run_eval
+
+    summary = run_eval(eval_cfg, judge)
+    print(summary["table"])
+    return 0
+
+
 def cmd_build_toy(args: argparse.Namespace) -> int:
     from wrpo_ray.toy.build import build_all
 
@@ -83,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strict", action="store_true", help="fail on any bad prompt row instead of quarantining")
     g.add_argument("--output-dir", help="override generate.output_dir")
     g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("run", help="the whole fusion pipeline in one Ray job")
+    _add_config_args(r)
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="generate with each model on held-out prompts, judge, report win rates")
+    _add_config_args(e)
+    e.set_defaults(func=cmd_eval)
 
     for name, section, text in [("sft", "sft", "Target-SFT: NLL of y_ws on the SFT split"),
                                 ("train", "train", "WRPO / DPO / IPO / SimPO training on preference data")]:

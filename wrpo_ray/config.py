@@ -147,9 +147,9 @@ PAPER_LR = {"dpo": 3e-7, "ipo": 1e-6, "simpo": 6e-7, "wrpo-dpo": 3e-7, "wrpo-ipo
 class TrainerSettings(_Strict):
     """Ray Train + DeepSpeed settings shared by the SFT and preference stages."""
 
-    policy: ModelConfig
-    data: str
-    output_dir: str
+    policy: ModelConfig | None = None
+    data: str | None = None
+    output_dir: str | None = None
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -176,9 +176,9 @@ class TrainerSettings(_Strict):
 
     @field_validator("data")
     @classmethod
-    def _absolute(cls, v: str) -> str:
+    def _absolute(cls, v: str | None) -> str | None:
         """Existence is checked when the stage starts: an earlier stage of the same run may produce it."""
-        return str(Path(v).resolve())
+        return None if v is None else str(Path(v).resolve())
 
 
 class SftConfig(TrainerSettings):
@@ -196,14 +196,47 @@ class PreferenceTrainConfig(TrainerSettings):
     precompute_reference: bool = True
 
 
+class EvalConfig(_Strict):
+    """Held-out prompts, models to compare, and the judge (default: the generate stage's reward)."""
+
+    prompts: str
+    output_dir: str | None = None
+    models: list[ModelConfig] = Field(default_factory=list)
+    baseline: str = "Target-SFT"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=1, temperature=0.0, top_p=1.0,
+                                                                            max_tokens=512))
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    reward: RewardConfig | None = None
+    max_prompt_chars: int = Field(8000, ge=1)
+    bootstrap_resamples: int = Field(1000, ge=10)
+    seed: int = 0
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_exist(cls, v: str) -> str:
+        if not Path(v).exists():
+            raise ValueError(f"eval prompts {v!r} do not exist")
+        return str(Path(v).resolve())
+
+
+class RunConfig(_Strict):
+    """`wrpo-ray run`: the whole pipeline under one output directory."""
+
+    output_dir: str
+    baselines: list[Literal["dpo_on", "dpo_hybrid"]] = Field(default_factory=list)
+
+
 class WrpoConfig(_Strict):
     """Root of a config file; each stage reads its own section."""
 
     run_name: str = "wrpo"
+    run: RunConfig | None = None
     generate: GenerateConfig | None = None
-    target: ModelConfig | None = None
+    target: SourceModelConfig | None = None
     sft: SftConfig | None = None
     train: PreferenceTrainConfig | None = None
+    eval: EvalConfig | None = None
 
 
 def resolve_callable(spec: str) -> Any:

@@ -103,3 +103,22 @@ def test_overrides_and_missing_file(tmp_path):
     assert cfg.generate.sources[0].sampling.n == 7 and cfg.generate.seed == 3
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_paper_recipe_validates(tmp_path, monkeypatch):
+    """The GPU-cluster recipe: ten sources, ArmoRM, Table 6 defaults; data paths pointed at local files."""
+    monkeypatch.chdir(REPO)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    cfg = load_config(REPO / "jobs" / "configs" / "paper-llama3-8b.yaml",
+                      [f"generate.data.prompts={prompts}", f"eval.prompts={prompts}"])
+    assert len(cfg.generate.sources) == 10
+    assert len({s.path for s in cfg.generate.sources}) == 10
+    assert all(s.sampling.n == 5 and s.sampling.temperature == 0.8 for s in cfg.generate.sources)
+    assert cfg.generate.reward.model.path == "RLHFlow/ArmoRM-Llama3-8B-v0.1"
+    assert cfg.target.path == "meta-llama/Meta-Llama-3-8B-Instruct"
+    from wrpo_ray.train.run import loss_config
+
+    loss = loss_config(cfg.train)
+    assert (loss.name, loss.beta, loss.alpha, loss.schedule) == ("wrpo-dpo", 0.01, 0.1, "dynamic")
+    assert cfg.train.num_workers * cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps == 128

@@ -39,6 +39,9 @@ SELECTIONS = pa.schema([
     ("num_tokens_ws", pa.int32()),
     ("num_candidates", pa.int32()),
     ("rewards_by_model", pa.string()),
+    ("y_worst", pa.string()),
+    ("reward_worst", pa.float64()),
+    ("worst_model", pa.string()),
 ])
 
 QUARANTINE = pa.schema([

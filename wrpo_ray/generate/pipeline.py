@@ -82,7 +82,7 @@ def select_group(group: pa.Table) -> pa.Table:
     ranked = rank(samples)
     if not ranked:
         return pa.Table.from_pylist([], schema=SELECTIONS)
-    best = ranked[0]
+    best, worst = ranked[0], ranked[-1]
     by_model: dict[str, list[float]] = {}
     for s in ranked:
         by_model.setdefault(s["model"], []).append(round(float(s["reward"]), 6))
@@ -93,6 +93,7 @@ def select_group(group: pa.Table) -> pa.Table:
         "source_model": best["model"], "source_sample_idx": best["sample_idx"],
         "num_tokens_ws": best["num_tokens"], "num_candidates": len(ranked),
         "rewards_by_model": json.dumps(by_model, sort_keys=True),
+        "y_worst": worst["response"], "reward_worst": float(worst["reward"]), "worst_model": worst["model"],
     }], schema=SELECTIONS)
 
 

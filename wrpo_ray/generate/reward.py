@@ -42,7 +42,7 @@ class RewardModelScorer:
         self.model = AutoModelForSequenceClassification.from_pretrained(
             local_path, dtype=_torch_dtype(model.get("dtype", "auto")), trust_remote_code=trc
         ).eval()
-        if self.model.config.num_labels != 1:
+        if self.model.config.num_labels != 1 and not trc:
             raise ValueError(f"reward model {local_path} has {self.model.config.num_labels} labels; expected 1")
         self.chat_template = model.get("chat_template")
         self.max_length = max_length
@@ -52,6 +52,14 @@ class RewardModelScorer:
             [*messages, {"role": "assistant", "content": response}],
             tokenize=False, chat_template=self.chat_template,
         )
+
+    @staticmethod
+    def _scores(output):
+        """The scalar reward: a remote-code model's `score` (e.g. ArmoRM), else the single logit."""
+        score = getattr(output, "score", None)
+        if score is not None:
+            return score.reshape(score.shape[0], -1)[:, 0]
+        return output.logits[:, 0]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
@@ -65,7 +73,7 @@ class RewardModelScorer:
             enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                  add_special_tokens=False, return_tensors="pt")
             with torch.inference_mode():
-                logits = self.model(**enc).logits[:, 0].float().tolist()
+                logits = self._scores(self.model(**enc)).float().tolist()
             for i, v in zip(todo, logits, strict=True):
                 if math.isfinite(v):
                     rewards[i] = v

@@ -164,6 +164,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     window: list[dict[str, torch.Tensor]] = []
     done = step >= last_step
+    last_metrics: dict[str, float] = {}
     while not done:
         seen = 0
         for rows in shard.iter_batches(batch_size=spec.micro_batch_size, batch_format="pyarrow", drop_last=True):
@@ -183,10 +184,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             step += 1
             if step % spec.logging_steps == 0 or step == last_step:
-                _log(window, step, scheduler.get_last_lr()[0], writer, dist, spec.metrics_file)
+                last_metrics = _log(window, step, scheduler.get_last_lr()[0], writer, dist, spec.metrics_file)
                 window = []
             if step == last_step or (spec.save_steps and step % spec.save_steps == 0):
-                _checkpoint(engine, step, rank, with_model=step == last_step)
+                _checkpoint(engine, step, rank, last_metrics, with_model=step == last_step)
             if step >= last_step:
                 done = True
                 break
@@ -195,7 +196,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         writer.close()
 
 
-def _log(window, step, lr, writer, dist, metrics_file: str) -> None:
+def _log(window, step, lr, writer, dist, metrics_file: str) -> dict[str, float]:
     """Average the window's metrics over micro-batches and workers; rank 0 writes TensorBoard and JSONL."""
     import json
 
@@ -218,9 +219,10 @@ def _log(window, step, lr, writer, dist, metrics_file: str) -> None:
         print("step " + str(step) + "  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"),
               flush=True)
     ray.train.report(metrics)
+    return metrics
 
 
-def _checkpoint(engine, step: int, rank: int, with_model: bool) -> None:
+def _checkpoint(engine, step: int, rank: int, metrics: dict[str, float], with_model: bool) -> None:
     """Every rank saves its ZeRO shards; Ray Train gathers all ranks' files into one checkpoint.
 
     The last checkpoint also holds the full model in HF format (`hf_model/`), gathered on rank 0.
@@ -232,7 +234,7 @@ def _checkpoint(engine, step: int, rank: int, with_model: bool) -> None:
         engine.save_checkpoint(d, tag=CKPT_TAG, client_state={"step": step})
         if with_model:
             _save_hf(engine, os.path.join(d, "hf_model") if rank == 0 else None)
-        ray.train.report({"step": step, "checkpoint_step": step}, checkpoint=Checkpoint.from_directory(d),
+        ray.train.report({**metrics, "step": step}, checkpoint=Checkpoint.from_directory(d),
                          checkpoint_dir_name=f"step-{step:06d}")
 
 

@@ -34,8 +34,9 @@ def loss_config(cfg: PreferenceTrainConfig) -> LossConfig:
                                      ipo_length_normalize=s.ipo_length_normalize, **overrides)
 
 
-def read_examples(path: str, kind: str, *, pair: str = "on", sft_seed: int | None = None,
-                  sft_fraction: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+def read_examples(
+    path: str, kind: str, *, pair: str = "on", sft_seed: int | None = None, sft_fraction: float | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """Normalised examples, quarantine rows, and counts (`in`, `outside_split` for SFT)."""
     examples, quarantine = [], []
     counts = {"in": 0, "outside_split": 0}
@@ -75,8 +76,12 @@ def run_training(cfg: TrainerSettings, stage: str) -> dict[str, Any]:
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    section = "sft" if stage == "sft" else "train"
+    for key in ("policy", "data", "output_dir"):
+        if getattr(cfg, key) is None:
+            raise InputError(f"{section}.{key} is required")
     if not Path(cfg.data).exists():
-        raise InputError(f"{stage}.data: {cfg.data!r} does not exist")
+        raise InputError(f"{section}.data: {cfg.data!r} does not exist")
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     policy_path = resolve_model_path(cfg.policy.path)

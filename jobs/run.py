@@ -1,0 +1,6 @@
+"""`ray job submit --working-dir . -- python -m jobs.run --config FILE`: the `run` stage as a Ray job."""
+
+from jobs._entry import submit_entry
+
+if __name__ == "__main__":
+    submit_entry("run")

@@ -1,0 +1,6 @@
+"""`ray job submit --working-dir . -- python -m jobs.train --config FILE`: the `train` stage as a Ray job."""
+
+from jobs._entry import submit_entry
+
+if __name__ == "__main__":
+    submit_entry("train")

@@ -1,0 +1,60 @@
+"""The evaluation stage: every model answers the held-out prompts (the generate stage with one greedy sample
+per prompt), the judge scores the answers, and the report compares each model with the baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from wrpo_ray.config import DataConfig, EvalConfig, GenerateConfig, RewardConfig, SourceModelConfig
+from wrpo_ray.data.io import write_json
+from wrpo_ray.eval.report import format_results_markdown, format_results_table, plot_reward_dynamics
+from wrpo_ray.eval.winrate import build_report
+
+
+def records_from_samples(samples: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per-model report records; `correct` is exact match when the prompt carries an `answer`."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        meta = json.loads(s["metadata"] or "{}")
+        answer = meta.get("answer")
+        records.setdefault(s["model"], []).append({
+            "prompt_id": s["prompt_id"], "score": s["reward"], "skill": meta.get("skill"),
+            "response": s["response"], "length": len(s["response"]),
+            "correct": None if answer is None else float(s["response"].strip() == str(answer)),
+        })
+    return records
+
+
+def run_eval(cfg: EvalConfig, judge: RewardConfig, metrics_files: dict[str, Path] | None = None) -> dict[str, Any]:
+    from wrpo_ray.generate.pipeline import run_generate
+
+    out = Path(cfg.output_dir)
+    models = [SourceModelConfig(**{**m.model_dump(), "sampling": cfg.sampling,
+                                   "engine_kwargs": {**cfg.engine_kwargs, **m.engine_kwargs}, "pool": cfg.pool})
+              for m in cfg.models]
+    gen = GenerateConfig(seed=cfg.seed, data=DataConfig(prompts=cfg.prompts, max_prompt_chars=cfg.max_prompt_chars),
+                         sources=models, reward=judge, output_dir=str(out / "generations"))
+    generated = run_generate(gen)
+    samples = pq.read_table(str(out / "generations" / "samples")).to_pylist()
+    reports = build_report(records_from_samples(samples), cfg.baseline, n_resamples=cfg.bootstrap_resamples,
+                           seed=cfg.seed)
+    ordered = [reports[m.name] for m in cfg.models if m.name in reports]
+    table = format_results_table(ordered, cfg.baseline)
+    (out / "results.md").write_text(format_results_markdown(ordered, cfg.baseline) + "\n")
+    plots = []
+    for label, path in (metrics_files or {}).items():
+        if Path(path).is_file():
+            plots.append(str(plot_reward_dynamics(path, out / f"reward_dynamics_{label}.png")))
+    summary = {
+        "table": table,
+        "baseline": cfg.baseline,
+        "reports": {r.model: r.to_dict() for r in ordered},
+        "plots": plots,
+        "generation": generated.summary,
+    }
+    write_json(summary, out / "summary.json")
+    return summary

@@ -1,0 +1,197 @@
+"""`wrpo-ray run`: the paper's pipeline in one Ray job, each stage persisted under one output directory.
+
+sources -> score -> y_ws -> SFT split + Target-SFT -> target samples -> score -> y_wt / y_l ->
+preference quadruples -> reference log-probs + WRPO (and optional DPO baselines) -> evaluation.
+
+A stage that finished writes `stage.json` (its summary and a fingerprint of its config) into its directory;
+re-running with the same output directory skips it while the fingerprint matches. Training stages resume
+from their latest checkpoint when they were interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wrpo_ray.config import (
+    DataConfig,
+    GenerateConfig,
+    ModelConfig,
+    PreferenceTrainConfig,
+    SourceModelConfig,
+    WrpoConfig,
+)
+from wrpo_ray.data.io import write_json, write_table
+from wrpo_ray.data.schemas import QUARANTINE
+from wrpo_ray.train.preference_data import in_sft_split
+
+log = logging.getLogger(__name__)
+
+PREFERENCE = pa.schema([
+    ("prompt_id", pa.string()), ("prompt", pa.string()),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("y_ws", pa.string()), ("y_wt", pa.string()), ("y_l", pa.string()),
+    ("reward_ws", pa.float64()), ("reward_wt", pa.float64()), ("reward_l", pa.float64()),
+    ("source_model", pa.string()), ("metadata", pa.string()),
+])
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageRunner:
+    """Runs named stages once per fingerprint, recording each stage's summary in `<dir>/stage.json`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.summaries: dict[str, Any] = {}
+
+    def __call__(self, name: str, settings: Any, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        marker = self.root / name / "stage.json"
+        fp = _fingerprint(settings)
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("fingerprint") == fp:
+                log.info("stage %s: already complete, skipped", name)
+                self.summaries[name] = done["summary"]
+                return done["summary"]
+        log.info("stage %s: running", name)
+        summary = fn()
+        write_json({"fingerprint": fp, "summary": summary}, marker)
+        self.summaries[name] = summary
+        return summary
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(str(path)).to_pylist()
+
+
+def write_target_prompts(selections: Path, out: Path, seed: int, fraction: float) -> dict[str, int]:
+    """The prompts outside the SFT split, as JSONL with their metadata fields, for target sampling."""
+    rows = [r for r in _rows(selections) if not in_sft_split(r["prompt_id"], seed, fraction)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for r in sorted(rows, key=lambda r: r["prompt_id"]):
+            f.write(json.dumps({**json.loads(r["metadata"] or "{}"), "prompt_id": r["prompt_id"],
+                                "messages": r["messages"]}) + "\n")
+    return {"prompts": len(rows)}
+
+
+def build_quadruples(sources: Path, target: Path, out: Path) -> dict[str, Any]:
+    """Join y_ws (sources) with y_wt / y_l (target samples); prompts whose target samples all tie are set aside."""
+    by_id = {r["prompt_id"]: r for r in _rows(sources)}
+    quads, quarantine = [], []
+    for t in _rows(target):
+        s = by_id.get(t["prompt_id"])
+        if s is None:
+            continue
+        if t["reward_ws"] == t["reward_worst"]:
+            quarantine.append({"stage": "preference", "prompt_id": t["prompt_id"],
+                               "reason": f"target_samples_tied: every target sample scored {t['reward_ws']:.4g}"})
+            continue
+        quads.append({
+            "prompt_id": t["prompt_id"], "prompt": s["prompt"], "messages": s["messages"],
+            "y_ws": s["y_ws"], "y_wt": t["y_ws"], "y_l": t["y_worst"],
+            "reward_ws": s["reward_ws"], "reward_wt": t["reward_ws"], "reward_l": t["reward_worst"],
+            "source_model": s["source_model"], "metadata": s["metadata"],
+        })
+    write_table(pa.Table.from_pylist(quads, schema=PREFERENCE), out / "data", sort_by=["prompt_id"])
+    write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE), out / "quarantine")
+    ws_beats_wt = sum(q["reward_ws"] > q["reward_wt"] for q in quads)
+    return {"quadruples": len(quads), "quarantined": len(quarantine), "target_rows": len(_rows(target)),
+            "y_ws_above_y_wt": ws_beats_wt}
+
+
+def _baseline_train_config(train: PreferenceTrainConfig, pair: str) -> PreferenceTrainConfig:
+    loss = train.loss.model_copy(update={"objective": "dpo", "pair": pair})
+    return train.model_copy(update={"loss": loss})
+
+
+def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
+    from wrpo_ray.eval.stage import run_eval
+    from wrpo_ray.generate.pipeline import run_generate
+    from wrpo_ray.train.run import run_training
+
+    for section in ("run", "generate", "target", "sft", "train"):
+        if getattr(cfg, section) is None:
+            raise ValueError(f"`wrpo-ray run` needs a '{section}' section")
+    root = Path(cfg.run.output_dir).resolve()
+    stage = StageRunner(root)
+
+    gen_cfg = cfg.generate.model_copy(update={"output_dir": str(root / "sources")})
+    stage("sources", gen_cfg.model_dump(), lambda: run_generate(gen_cfg).summary)
+
+    sft_cfg = cfg.sft.model_copy(update={
+        "policy": cfg.target, "data": str(root / "sources" / "selections"), "output_dir": str(root / "sft")})
+    sft = stage("sft", sft_cfg.model_dump(), lambda: run_training(sft_cfg, "sft"))
+    sft_model = ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target-SFT",
+                               "path": sft["model_dir"]})
+
+    prompts_file = root / "target" / "prompts.jsonl"
+    tgt_cfg = GenerateConfig(
+        seed=cfg.generate.seed,
+        data=DataConfig.model_construct(prompts=str(prompts_file), max_prompt_chars=cfg.generate.data.max_prompt_chars,
+                                        strict=False),
+        sources=[SourceModelConfig(**{**sft_model.model_dump(), "sampling": cfg.target.sampling})],
+        reward=cfg.generate.reward,
+        output_dir=str(root / "target"),
+    )
+
+    def target_stage() -> dict[str, Any]:
+        write_target_prompts(root / "sources" / "selections", prompts_file, cfg.sft.seed, cfg.sft.split_fraction)
+        return run_generate(tgt_cfg).summary
+
+    stage("target", tgt_cfg.model_dump(), target_stage)
+    stage("preference", {"sources": gen_cfg.model_dump(), "target": tgt_cfg.model_dump()},
+          lambda: build_quadruples(root / "sources" / "selections", root / "target" / "selections",
+                                   root / "preference"))
+
+    trained = {"Target": ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target"}),
+               "Target-SFT": sft_model}
+    runs = [("wrpo", "Target-SFT-WRPO", cfg.train)]
+    runs += [(b, "Target-SFT-DPO" if b == "dpo_on" else "Target-SFT-DPO-hybrid",
+              _baseline_train_config(cfg.train, "on" if b == "dpo_on" else "hybrid")) for b in cfg.run.baselines]
+    for name, label, train_cfg in runs:
+        train_cfg = train_cfg.model_copy(update={
+            "policy": sft_model, "reference": sft_model, "data": str(root / "preference" / "data"),
+            "output_dir": str(root / name)})
+        summary = stage(name, train_cfg.model_dump(), lambda c=train_cfg: run_training(c, "preference"))
+        trained[label] = ModelConfig(**{**sft_model.model_dump(), "name": label, "path": summary["model_dir"]})
+
+    if cfg.eval is not None:
+        eval_cfg = cfg.eval.model_copy(update={"models": list(trained.values()),
+                                               "output_dir": str(root / "eval")})
+        stage("eval", eval_cfg.model_dump(), lambda: run_eval(eval_cfg, cfg.eval.reward or cfg.generate.reward,
+                                                               metrics_files={
+                                                                   label: root / name / "metrics.jsonl"
+                                                                   for name, label, _ in runs}))
+    summary = {"output_dir": str(root), "stages": stage.summaries}
+    write_json(summary, root / "pipeline.json")
+    return summary
+
+
+def format_pipeline_summary(summary: dict[str, Any]) -> str:
+    from wrpo_ray.eval.report import format_win_shares
+    from wrpo_ray.generate.pipeline import format_summary
+
+    stages = summary["stages"]
+    parts = ["== sources ==", format_summary(stages["sources"]), "",
+             "== per-source win shares (Table 1) ==", format_win_shares(stages["sources"]["win_shares"])]
+    if "preference" in stages:
+        p = stages["preference"]
+        parts += ["", f"== preference data == {p['quadruples']} quadruples, {p['quarantined']} set aside "
+                      f"(target samples tied), y_ws above y_wt in {p['y_ws_above_y_wt']}"]
+    if "eval" in stages:
+        parts += ["", "== evaluation (Table 2) ==", stages["eval"]["table"]]
+        if stages["eval"].get("plots"):
+            parts += ["", "reward dynamics plots: " + ", ".join(stages["eval"]["plots"])]
+    parts += ["", f"everything under {summary['output_dir']}"]
+    return "\n".join(parts)
