@@ -156,9 +156,9 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
 
     trained = {"Target": ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target"}),
                "Target-SFT": sft_model}
-    runs = [("wrpo", "Target-SFT-WRPO", cfg.train)]
-    runs += [(b, "Target-SFT-DPO" if b == "dpo_on" else "Target-SFT-DPO-hybrid",
-              _baseline_train_config(cfg.train, "on" if b == "dpo_on" else "hybrid")) for b in cfg.run.baselines]
+    runs = [(b, "Target-SFT-DPO" if b == "dpo_on" else "Target-SFT-DPO-hybrid",
+             _baseline_train_config(cfg.train, "on" if b == "dpo_on" else "hybrid")) for b in cfg.run.baselines]
+    runs.append(("wrpo", "Target-SFT-WRPO", cfg.train))
     for name, label, train_cfg in runs:
         train_cfg = train_cfg.model_copy(update={
             "policy": sft_model, "reference": sft_model, "data": str(root / "preference" / "data"),

@@ -1,0 +1,47 @@
+import json
+
+import pyarrow as pa
+
+from wrpo_ray.data.io import read_table, write_table
+from wrpo_ray.data.schemas import SELECTIONS
+from wrpo_ray.pipeline import StageRunner, build_quadruples, write_target_prompts
+from wrpo_ray.train.preference_data import in_sft_split
+
+
+def _sel(pid, best, reward, worst=None, reward_worst=None, model="m"):
+    return {"prompt_id": pid, "prompt": f"p{pid}", "messages": [{"role": "user", "content": f"p{pid}"}],
+            "metadata": json.dumps({"answer": "a"}), "y_ws": best, "reward_ws": reward, "source_model": model,
+            "source_sample_idx": 0, "num_tokens_ws": 1, "num_candidates": 2, "rewards_by_model": "{}",
+            "y_worst": worst or best, "reward_worst": reward if reward_worst is None else reward_worst,
+            "worst_model": model}
+
+
+def test_stage_runner_skips_only_matching_fingerprints(tmp_path):
+    calls = []
+    run = StageRunner(tmp_path)
+    assert run("a", {"x": 1}, lambda: calls.append(1) or {"n": 1}) == {"n": 1}
+    assert StageRunner(tmp_path)("a", {"x": 1}, lambda: calls.append(2) or {"n": 2}) == {"n": 1}
+    assert StageRunner(tmp_path)("a", {"x": 2}, lambda: calls.append(3) or {"n": 3}) == {"n": 3}
+    assert calls == [1, 3]
+
+
+def test_quadruples_join_sources_and_target(tmp_path):
+    write_table(pa.Table.from_pylist([_sel("1", "src1", 0.9), _sel("2", "src2", 0.8), _sel("3", "src3", 0.1)],
+                                     schema=SELECTIONS), tmp_path / "sources")
+    write_table(pa.Table.from_pylist([_sel("1", "t1-best", 0.5, "t1-worst", 0.1), _sel("2", "t2", 0.3, "t2b", 0.3)],
+                                     schema=SELECTIONS), tmp_path / "target")
+    summary = build_quadruples(tmp_path / "sources", tmp_path / "target", tmp_path / "pref")
+    assert summary == {"quadruples": 1, "quarantined": 1, "target_rows": 2, "y_ws_above_y_wt": 1}
+    (row,) = read_table(tmp_path / "pref" / "data").to_pylist()
+    assert (row["y_ws"], row["y_wt"], row["y_l"]) == ("src1", "t1-best", "t1-worst")
+    (q,) = read_table(tmp_path / "pref" / "quarantine").to_pylist()
+    assert q["prompt_id"] == "2" and q["reason"].startswith("target_samples_tied")
+
+
+def test_target_prompts_are_the_complement_of_the_sft_split(tmp_path):
+    ids = [str(i) for i in range(60)]
+    write_table(pa.Table.from_pylist([_sel(i, "y", 1.0) for i in ids], schema=SELECTIONS), tmp_path / "sel")
+    write_target_prompts(tmp_path / "sel", tmp_path / "t.jsonl", seed=0, fraction=1 / 3)
+    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert {r["prompt_id"] for r in rows} == {i for i in ids if not in_sft_split(i, 0, 1 / 3)}
+    assert all(r["answer"] == "a" and r["messages"][0]["role"] == "user" for r in rows)
