@@ -25,11 +25,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The untrained tiny models the tests use (seconds); the demo's fine-tuned ones are built on first use.
 toy: install
-	$(BIN)/wrpo-ray build-toy
+	$(BIN)/wrpo-ray build-toy llama qwen2 mistral gemma2 target reward
 
-demo: toy
-	$(BIN)/wrpo-ray generate --config $(CONFIG)
+demo: install
+	$(BIN)/wrpo-ray build-toy
+	$(BIN)/wrpo-ray run --config $(CONFIG)
 
 test: toy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

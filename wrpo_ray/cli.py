@@ -92,9 +92,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_build_toy(args: argparse.Namespace) -> int:
-    from wrpo_ray.toy.build import build_all
+    from wrpo_ray.toy.build import build_all, toy_model_path
 
-    for name, path in build_all(args.root).items():
+    if args.names:
+        built = {n: toy_model_path(n, args.root) for n in args.names}
+    else:
+        built = build_all(args.root)
+    for name, path in built.items():
         print(f"{name}: {path}")
     return 0
 
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("build-toy", help="build the tiny models of the embedded default")
     t.add_argument("--root", help="directory (default: $WRPO_RAY_TOY_DIR or ~/.cache/wrpo-ray/toy)")
+    t.add_argument("names", nargs="*", help="models to build (default: all)")
     t.set_defaults(func=cmd_build_toy)
     return parser
 

@@ -106,7 +106,7 @@ def test_tiny_pipeline_job_succeeds(head, tmp_path):
 
     out = tmp_path / "out"
     pipeline = json.loads((out / "pipeline.json").read_text())
-    assert list(pipeline["stages"]) == ["sources", "sft", "target", "preference", "wrpo", "eval"]
+    assert set(pipeline["stages"]) == {"sources", "sft", "target", "preference", "wrpo", "eval"}
     stages = pipeline["stages"]
     assert stages["sources"]["prompts"]["out"] == 16
     assert stages["sft"]["rows"]["examples"] + stages["sft"]["rows"]["outside_split"] == 16
