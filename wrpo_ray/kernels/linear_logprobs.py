@@ -25,9 +25,10 @@ from torch.autograd.function import once_differentiable
 Backend = Literal["auto", "torch", "triton"]
 
 _F32 = torch.float32
-# Elements of one [tokens, vocab] fp32 chunk on the PyTorch path (16 MiB): large enough that the GEMMs run
-# at full speed, small enough that the exp passes over it mostly stay in the last-level cache.
-_TORCH_CHUNK_ELEMS = 1 << 22
+# Elements of one [tokens, vocab] fp32 chunk on the PyTorch path (32 MiB): large enough that the GEMMs run
+# at full speed and the number of parallel regions (each an OpenMP barrier, costly when other processes
+# share the cores) low, small enough that the passes over it stay in the last-level cache.
+_TORCH_CHUNK_ELEMS = 1 << 23
 _TORCH_MAX_TOKEN_CHUNK = 4096
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -64,7 +65,7 @@ def linear_logprobs(
         seq_ids: optional [...] sequence index of each position (negative: belongs to none).
         num_seqs: number of sequences (default ``seq_ids.max() + 1``).
         backend: "auto" picks Triton for CUDA tensors and PyTorch otherwise.
-        token_chunk, vocab_chunk: chunk sizes of the PyTorch path (defaults sized from a 16 MiB chunk).
+        token_chunk, vocab_chunk: chunk sizes of the PyTorch path (defaults sized from a 32 MiB chunk).
 
     Returns:
         fp32 (fp64 for fp64 inputs) per-token log-probs shaped like ``labels``; with ``seq_ids``, a
