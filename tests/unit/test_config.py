@@ -32,8 +32,9 @@ def test_tiny_config_loads(monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = load_config(TINY)
     assert [s.name for s in cfg.generate.sources] == ["llama-src", "qwen2-src", "mistral-src"]
-    assert cfg.generate.sources[0].sampling.n == 3
-    assert cfg.generate.reward.model.name == "toy-rm"
+    assert cfg.generate.sources[0].sampling.n == 4
+    assert cfg.generate.reward.verifier == "wrpo_ray.toy.task:verify"
+    assert cfg.run.baselines == ["dpo_on"] and cfg.eval.baseline == "Target-SFT"
     assert all(not s.trust_remote_code for s in cfg.generate.sources)
 
 

@@ -62,7 +62,7 @@ def score(samples: Any, cfg: GenerateConfig) -> Any:
     reward = cfg.reward
     if reward.verifier is not None:
         return samples.map_batches(VerifierScorer, fn_constructor_kwargs={"spec": reward.verifier},
-                                   batch_format="pyarrow", concurrency=1, num_cpus=1)
+                                   batch_format="pyarrow", concurrency=1, num_cpus=0.25)
     rm = reward.model
     return samples.map_batches(
         RewardModelScorer,

@@ -6,10 +6,14 @@ its own vocabulary size and special tokens, so no two models share a tokenizer.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from wrpo_ray.toy.registry import TOY_MODELS, ToyModelSpec
@@ -76,12 +80,11 @@ def _model_config(spec: ToyModelSpec, tokenizer):
     raise ValueError(f"unknown toy architecture {spec.arch!r}")
 
 
-def build_model(spec: ToyModelSpec, out_dir: str | Path) -> Path:
-    """Build one tiny model with seeded random weights and save it to `out_dir`."""
+def init_model(spec: ToyModelSpec):
+    """The tokenizer and the seeded random model of `spec`, in memory: `(model, tokenizer)`."""
     import torch
     import transformers
 
-    out_dir = Path(out_dir)
     tokenizer = build_tokenizer(spec)
     config = _model_config(spec, tokenizer)
     torch.manual_seed(spec.seed)
@@ -97,29 +100,69 @@ def build_model(spec: ToyModelSpec, out_dir: str | Path) -> Path:
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_model(spec: ToyModelSpec, out_dir: str | Path) -> Path:
+    """Build one tiny model and save it to `out_dir`: seeded random weights, or trained on its skills."""
+    if spec.train_steps > 0:
+        from wrpo_ray.toy.skills import train_skilled
+
+        train_skilled(spec, out_dir)
+        return Path(out_dir)
+    return save_model(*init_model(spec), out_dir)
+
+
+def model_dir_name(name: str, spec: ToyModelSpec) -> str:
+    """Cache directory name; a trained model's carries a digest of its spec, so retuning it rebuilds it."""
+    base = f"{name}-v{_BUILD_VERSION}"
+    if spec.train_steps <= 0:
+        return base
+    return f"{base}-{hashlib.sha256(repr(spec).encode()).hexdigest()[:10]}"
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path, name: str) -> Iterator[None]:
+    """One builder per model at a time, so that concurrent first uses train it once."""
+    with open(root / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def toy_model_path(name: str, root: str | Path | None = None) -> Path:
     """Directory of toy model `name`, building it (once, atomically) if it is not there yet."""
     spec = TOY_MODELS[name]
     root = Path(root) if root else DEFAULT_TOY_DIR
-    target = root / f"{name}-v{_BUILD_VERSION}"
+    target = root / model_dir_name(name, spec)
     marker = target / "wrpo_toy.json"
     if marker.is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        build_model(spec, tmp)
-        (tmp / "wrpo_toy.json").write_text(json.dumps({"name": name, "arch": spec.arch, "seed": spec.seed}))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _build_lock(root, name):
+        if marker.is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            build_model(spec, tmp)
+            info = {"name": name, "arch": spec.arch, "seed": spec.seed}
+            if spec.train_steps > 0:
+                info.update(skills=list(spec.skills), train_steps=spec.train_steps)
+            (tmp / "wrpo_toy.json").write_text(json.dumps(info))
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

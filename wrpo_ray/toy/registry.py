@@ -75,7 +75,11 @@ REWARD_STYLE = ChatStyle(
 
 @dataclass(frozen=True)
 class ToyModelSpec:
-    """A tiny HF model. head_dim must stay 64: vLLM's CPU attention rejects smaller heads."""
+    """A tiny HF model. head_dim must stay 64: vLLM's CPU attention rejects smaller heads.
+
+    With `train_steps > 0` the model is fine-tuned on the toy task's `skills` when it is built
+    (`wrpo_ray.toy.skills`), with AdamW at peak learning rate `lr` on batches of `batch_size` prompts.
+    """
 
     arch: str
     vocab_size: int
@@ -89,6 +93,10 @@ class ToyModelSpec:
     max_position_embeddings: int = 1024
     reward_head: bool = False
     extra_config: dict = field(default_factory=dict)
+    skills: tuple[str, ...] = ()
+    train_steps: int = 0
+    batch_size: int = 16
+    lr: float = 1e-3
 
 
 TOY_MODELS: dict[str, ToyModelSpec] = {
@@ -98,4 +106,20 @@ TOY_MODELS: dict[str, ToyModelSpec] = {
     "gemma2": ToyModelSpec(arch="gemma2", vocab_size=896, style=GEMMA_STYLE, seed=14),
     "target": ToyModelSpec(arch="qwen2", vocab_size=704, style=CHATML_STYLE, seed=15),
     "reward": ToyModelSpec(arch="llama", vocab_size=448, style=REWARD_STYLE, seed=16, reward_head=True),
+    # The embedded demo's models, fine-tuned on the toy task when built: each source is good at different skills,
+    # the target is briefly trained on all of them. Vocabularies this small merge little beyond the prompt words,
+    # so letters and digits are single tokens, which the character-level skills need.
+    "src-llama": ToyModelSpec(
+        arch="llama", vocab_size=288, style=LLAMA_STYLE, seed=21, skills=("reverse", "upper"), train_steps=800
+    ),
+    "src-qwen2": ToyModelSpec(
+        arch="qwen2", vocab_size=296, style=CHATML_STYLE, seed=22, skills=("add",), train_steps=1300
+    ),
+    "src-mistral": ToyModelSpec(
+        arch="mistral", vocab_size=280, style=MISTRAL_STYLE, seed=23, skills=("sort",), train_steps=1200
+    ),
+    "target-weak": ToyModelSpec(
+        arch="qwen2", vocab_size=304, style=CHATML_STYLE, seed=25, skills=("add", "reverse", "sort", "upper"),
+        train_steps=500,
+    ),
 }

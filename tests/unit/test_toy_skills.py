@@ -1,0 +1,75 @@
+"""Fine-tuning of the skilled toy models: deterministic, learns, answers end with the end-of-turn token."""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wrpo_ray.toy.build import init_model, model_dir_name
+from wrpo_ray.toy.registry import CHATML_STYLE, GEMMA_STYLE, LLAMA_STYLE, MISTRAL_STYLE, TOY_MODELS, ToyModelSpec
+from wrpo_ray.toy.skills import encode_rows, lr_factor, skilled_models, train_skilled
+from wrpo_ray.toy.task import SKILLS, make_examples
+
+TINY = ToyModelSpec(
+    arch="llama", vocab_size=288, style=LLAMA_STYLE, seed=7, num_layers=1, intermediate_size=128,
+    skills=("upper",), train_steps=40, batch_size=8, lr=3e-3,
+)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    runs = []
+    for i in range(2):
+        out = tmp_path_factory.mktemp(f"run{i}")
+        runs.append((train_skilled(TINY, out), load_file(out / "model.safetensors")))
+    return runs
+
+
+def test_training_is_deterministic(two_runs):
+    (losses_a, weights_a), (losses_b, weights_b) = two_runs
+    assert losses_a == losses_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_loss_drops(two_runs):
+    losses, _ = two_runs[0]
+    assert len(losses) == TINY.train_steps
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
+
+
+def test_training_changes_the_random_weights(two_runs):
+    _, trained = two_runs[0]
+    model, _ = init_model(TINY)
+    initial = model.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in trained)
+
+
+@pytest.mark.parametrize("style", [LLAMA_STYLE, CHATML_STYLE, MISTRAL_STYLE, GEMMA_STYLE], ids=lambda s: s.eos)
+def test_labels_are_the_answer_then_end_of_turn(style):
+    spec = dataclasses.replace(TINY, style=style, arch="qwen2")
+    _, tokenizer = init_model(spec)
+    rows = make_examples(8, seed=3)
+    for row, enc in zip(rows, encode_rows(tokenizer, rows), strict=True):
+        labelled = [t for t in enc["labels"][0] if t != -100]
+        text = tokenizer.decode(labelled, skip_special_tokens=False)
+        assert text.startswith(row["answer"] + style.eos)
+        assert tokenizer.eos_token_id in labelled
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    factors = [lr_factor(s, 100) for s in range(100)]
+    assert factors[0] < factors[4] == 1.0
+    assert factors[-1] < 0.02 and factors == factors[:5] + sorted(factors[5:], reverse=True)
+
+
+def test_registry_skills():
+    skilled = skilled_models()
+    assert skilled, "the embedded demo needs skilled sources and a target"
+    for spec in skilled.values():
+        assert spec.skills and set(spec.skills) <= set(SKILLS)
+        assert spec.hidden_size // spec.num_heads == 64
+    for name in ("llama", "qwen2", "mistral", "gemma2", "target", "reward"):
+        assert TOY_MODELS[name].train_steps == 0
+        assert model_dir_name(name, TOY_MODELS[name]) == f"{name}-v1"
