@@ -111,6 +111,19 @@ def training_rows(spec: ToyModelSpec) -> list[dict[str, Any]]:
     return make_examples(spec.train_steps * spec.batch_size, seed=spec.seed, skills=list(spec.skills))
 
 
+def saved_tokenizer(tokenizer: Any, out_dir: str | Path) -> Any:
+    """Save `tokenizer` to `out_dir` and load it back the way every consumer of the model will.
+
+    `AutoTokenizer` can load a saved tokenizer as a different class than the one built in memory (a Qwen2
+    model's comes back as `Qwen2Tokenizer`, which splits digits and spaces apart), so the model is trained
+    on the tokens that transformers and vLLM will give it.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(out_dir)
+    return AutoTokenizer.from_pretrained(out_dir)
+
+
 def train_skilled(spec: ToyModelSpec, out_dir: str | Path) -> list[float]:
     """Build `spec`'s random model, fine-tune it on its skills, save it in HF format; the loss of every step."""
     from wrpo_ray.toy.build import init_model, save_model
@@ -120,6 +133,8 @@ def train_skilled(spec: ToyModelSpec, out_dir: str | Path) -> list[float]:
         raise ValueError(f"a trained toy model needs skills from {sorted(SKILLS)}, got {spec.skills}")
     with torch_threads(NUM_THREADS):
         model, tokenizer = init_model(spec)
+        model.config.save_pretrained(out_dir)
+        tokenizer = saved_tokenizer(tokenizer, out_dir)
         losses = sft(
             model, tokenizer, training_rows(spec), steps=spec.train_steps, batch_size=spec.batch_size, lr=spec.lr
         )
