@@ -5,11 +5,13 @@ import dataclasses
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wrpo_ray.toy.build import init_model, model_dir_name
 from wrpo_ray.toy.registry import CHATML_STYLE, GEMMA_STYLE, LLAMA_STYLE, MISTRAL_STYLE, TOY_MODELS, ToyModelSpec
-from wrpo_ray.toy.skills import encode_rows, lr_factor, skilled_models, train_skilled
+from wrpo_ray.toy.skills import encode_rows, lr_factor, skilled_models, train_skilled, training_rows
 from wrpo_ray.toy.task import SKILLS, make_examples
+from wrpo_ray.train.batching import collate
 
 TINY = ToyModelSpec(
     arch="llama", vocab_size=288, style=LLAMA_STYLE, seed=7, num_layers=1, intermediate_size=128,
@@ -44,6 +46,24 @@ def test_training_changes_the_random_weights(two_runs):
     model, _ = init_model(TINY)
     initial = model.state_dict()
     assert any(not torch.equal(initial[k], trained[k]) for k in trained)
+
+
+def test_trained_on_the_tokens_its_loaders_see(tmp_path):
+    """AutoTokenizer loads a saved Qwen2 model's tokenizer as a Qwen2Tokenizer, which splits digits apart
+    unlike the one built in memory. With lr 0 the saved model is the initial one, so its loss on the first
+    batch, encoded by the loaded tokenizer, must be the first training loss."""
+    spec = dataclasses.replace(
+        TINY, arch="qwen2", style=CHATML_STYLE, vocab_size=320, skills=("add",), train_steps=1, lr=0.0
+    )
+    losses = train_skilled(spec, tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    rows = training_rows(spec)[: spec.batch_size]
+    assert encode_rows(init_model(spec)[1], rows) != encode_rows(tokenizer, rows)
+    batch = collate(encode_rows(tokenizer, rows), tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert loss.item() == pytest.approx(losses[0], rel=1e-5)
 
 
 @pytest.mark.parametrize("style", [LLAMA_STYLE, CHATML_STYLE, MISTRAL_STYLE, GEMMA_STYLE], ids=lambda s: s.eos)

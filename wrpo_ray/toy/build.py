@@ -21,6 +21,8 @@ from wrpo_ray.toy.task import corpus
 
 DEFAULT_TOY_DIR = Path(os.environ.get("WRPO_RAY_TOY_DIR", Path.home() / ".cache" / "wrpo-ray" / "toy"))
 _BUILD_VERSION = "1"
+_TRAIN_VERSION = "2"
+"""Version of the fine-tuning of the skilled models (`wrpo_ray.toy.skills`), part of their cache key."""
 
 
 def build_tokenizer(spec: ToyModelSpec):
@@ -121,11 +123,12 @@ def build_model(spec: ToyModelSpec, out_dir: str | Path) -> Path:
 
 
 def model_dir_name(name: str, spec: ToyModelSpec) -> str:
-    """Cache directory name; a trained model's carries a digest of its spec, so retuning it rebuilds it."""
+    """Cache directory name; a trained model's carries a digest of its spec and training version: retuning rebuilds."""
     base = f"{name}-v{_BUILD_VERSION}"
     if spec.train_steps <= 0:
         return base
-    return f"{base}-{hashlib.sha256(repr(spec).encode()).hexdigest()[:10]}"
+    key = f"{_TRAIN_VERSION}:{spec!r}"
+    return f"{base}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 @contextlib.contextmanager
