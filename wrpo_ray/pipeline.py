@@ -53,10 +53,18 @@ class StageRunner:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.summaries: dict[str, Any] = {}
+        self.fingerprints: dict[str, str] = {}
 
-    def __call__(self, name: str, settings: Any, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, name: str, settings: Any, fn: Callable[[], dict[str, Any]],
+                 after: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Run `fn` unless `name` completed with the same settings after the same upstream stages.
+
+        The fingerprint chains those of the stages named in `after`: a stage whose input was rebuilt
+        (a retrained Target-SFT at the same path, say) runs again even though its own settings match.
+        """
         marker = self.root / name / "stage.json"
-        fp = _fingerprint(settings)
+        fp = _fingerprint({"settings": settings, "after": {d: self.fingerprints[d] for d in after}})
+        self.fingerprints[name] = fp
         if marker.is_file():
             done = json.loads(marker.read_text())
             if done.get("fingerprint") == fp:
@@ -131,7 +139,7 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
 
     sft_cfg = cfg.sft.model_copy(update={
         "policy": cfg.target, "data": str(root / "sources" / "selections"), "output_dir": str(root / "sft")})
-    sft = stage("sft", sft_cfg.model_dump(), lambda: run_training(sft_cfg, "sft"))
+    sft = stage("sft", sft_cfg.model_dump(), lambda: run_training(sft_cfg, "sft"), after=("sources",))
     sft_model = ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target-SFT",
                                "path": sft["model_dir"]})
 
@@ -149,10 +157,9 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
         write_target_prompts(root / "sources" / "selections", prompts_file, cfg.sft.seed, cfg.sft.split_fraction)
         return run_generate(tgt_cfg).summary
 
-    stage("target", tgt_cfg.model_dump(), target_stage)
-    stage("preference", {"sources": gen_cfg.model_dump(), "target": tgt_cfg.model_dump()},
-          lambda: build_quadruples(root / "sources" / "selections", root / "target" / "selections",
-                                   root / "preference"))
+    stage("target", tgt_cfg.model_dump(), target_stage, after=("sft",))
+    stage("preference", {}, lambda: build_quadruples(root / "sources" / "selections", root / "target" / "selections",
+                                                     root / "preference"), after=("sources", "target"))
 
     trained = {"Target": ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target"}),
                "Target-SFT": sft_model}
@@ -163,7 +170,8 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
         train_cfg = train_cfg.model_copy(update={
             "policy": sft_model, "reference": sft_model, "data": str(root / "preference" / "data"),
             "output_dir": str(root / name)})
-        summary = stage(name, train_cfg.model_dump(), lambda c=train_cfg: run_training(c, "preference"))
+        summary = stage(name, train_cfg.model_dump(), lambda c=train_cfg: run_training(c, "preference"),
+                        after=("preference",))
         trained[label] = ModelConfig(**{**sft_model.model_dump(), "name": label, "path": summary["model_dir"]})
 
     if cfg.eval is not None:
@@ -172,7 +180,8 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
         stage("eval", eval_cfg.model_dump(), lambda: run_eval(eval_cfg, cfg.eval.reward or cfg.generate.reward,
                                                                metrics_files={
                                                                    label: root / name / "metrics.jsonl"
-                                                                   for name, label, _ in runs}))
+                                                                   for name, label, _ in runs}),
+              after=tuple(name for name, _, _ in runs))
     summary = {"output_dir": str(root), "stages": stage.summaries}
     write_json(summary, root / "pipeline.json")
     return summary

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from wrpo_ray.config import parse_config
+from wrpo_ray.generate.commit import scan
 from wrpo_ray.generate.pipeline import format_summary, run_generate
 from wrpo_ray.toy.task import make_examples
 
@@ -118,6 +119,33 @@ def test_summary_counts_and_win_shares(run):
     assert s["samples"]["quarantined"] == 1
     assert math.isclose(sum(s["win_shares"].values()), 1.0)
     assert s["tokens"]["generated"] > 0 and s["tokens"]["tokens_per_s"] > 0
+
+
+def test_interrupted_stage_resumes_from_committed_batches(run):
+    """Losing the committed batches of one source (a node gone mid-stage) regenerates only those pairs."""
+    cfg, first = run
+    scored = first.output_dir / "scored"
+    before = {(r["prompt_id"], r["model"], r["sample_idx"]): r["response"] for r in _read(first.output_dir, "samples")}
+    lost = [f for f in scored.glob("attempt-*.parquet")
+            if "qwen2-src" in pq.read_table(f, columns=["model"])["model"].to_pylist()]
+    assert lost
+    for f in lost:
+        f.unlink()
+    left = scan(scored, {"llama-src": K, "qwen2-src": K})
+
+    result = run_generate(cfg)
+    print(format_summary(result.summary))
+    r = result.summary["resume"]
+    assert r["attempt"] == 1 and r["pairs_incomplete"] == 0
+    assert r["pairs_reused"] == len(left.complete) and r["pairs_reused"] + r["pairs_generated"] == 2 * 17
+    assert result.summary["samples"]["per_source"] == {"llama-src": 17 * K, "qwen2-src": 16 * K}
+    after = _read(first.output_dir, "samples")
+    keys = [(s["prompt_id"], s["model"], s["sample_idx"]) for s in after]
+    assert len(keys) == len(set(keys)) == len(before)
+    for s in after:
+        if (s["prompt_id"], s["model"]) in left.complete:
+            assert s["response"] == before[(s["prompt_id"], s["model"], s["sample_idx"])]
+    assert len(_read(first.output_dir, "selections")) == 17
 
 
 def test_rerun_with_verifier_replaces_rows(run, prompts_file):

@@ -50,8 +50,36 @@ def head(tmp_path_factory):
         assert start.startswith("rc=0"), start
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        _ray("stop", "--force", env=env, timeout=120)
+        _stop_head(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_head(temp: Path) -> None:
+    """Stops this head's processes only (their command lines name its temp dir) and their children.
+
+    `ray stop` would stop every Ray instance of the user on the machine, including a concurrent run.
+    """
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        if str(temp) in " ".join(p.info["cmdline"] or []):
+            procs.append(p)
+            try:
+                procs += p.children(recursive=True)
+            except psutil.Error:
+                pass
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def _engine(n: int) -> dict:

@@ -25,6 +25,35 @@ def test_stage_runner_skips_only_matching_fingerprints(tmp_path):
     assert calls == [1, 3]
 
 
+def test_stage_reruns_when_an_upstream_stage_reran(tmp_path):
+    calls = []
+
+    def pipeline(sft_lr: float) -> None:
+        run = StageRunner(tmp_path)
+        run("sft", {"lr": sft_lr}, lambda: calls.append("sft") or {})
+        run("train", {"beta": 0.1}, lambda: calls.append("train") or {}, after=("sft",))
+
+    pipeline(1e-3)
+    pipeline(1e-3)
+    assert calls == ["sft", "train"]
+    pipeline(1e-4)                      # same train settings, but Target-SFT was rebuilt
+    assert calls == ["sft", "train", "sft", "train"]
+
+
+def test_training_checkpoints_of_another_run_are_cleared(tmp_path):
+    from wrpo_ray.train.run import _start_or_continue
+
+    ckpt, metrics = tmp_path / "checkpoints", tmp_path / "metrics.jsonl"
+    _start_or_continue(ckpt, metrics, "fp1")
+    (ckpt / "run" / "step-000002").mkdir(parents=True)
+    metrics.write_text('{"step": 1}\n')
+    _start_or_continue(ckpt, metrics, "fp1")          # the same run, interrupted: kept
+    assert (ckpt / "run" / "step-000002").is_dir() and metrics.exists()
+    _start_or_continue(ckpt, metrics, "fp2")          # another run: cleared
+    assert not (ckpt / "run").exists() and not metrics.exists()
+    assert (ckpt / "run.json").is_file()
+
+
 def test_quadruples_join_sources_and_target(tmp_path):
     write_table(pa.Table.from_pylist([_sel("1", "src1", 0.9), _sel("2", "src2", 0.8), _sel("3", "src3", 0.1)],
                                      schema=SELECTIONS), tmp_path / "sources")

@@ -6,6 +6,7 @@ as far as the cluster's resources allow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -19,7 +20,8 @@ import pyarrow.compute as pc
 from wrpo_ray.config import GenerateConfig, resolve_model_path
 from wrpo_ray.data.io import write_dataset, write_json, write_table
 from wrpo_ray.data.prompts import InputError, read_prompts
-from wrpo_ray.data.schemas import PROMPTS, QUARANTINE, SELECTIONS
+from wrpo_ray.data.schemas import PROMPTS, QUARANTINE, SCORED, SELECTIONS
+from wrpo_ray.generate.commit import CommittedState, commit_batch, keep_rows, scan, start_attempt
 from wrpo_ray.generate.engines import VLLMGenerator
 from wrpo_ray.generate.reward import RewardModelScorer, VerifierScorer
 from wrpo_ray.generate.select import rank, win_shares
@@ -34,13 +36,15 @@ class GenerateResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def source_samples(prompts: Any, cfg: GenerateConfig) -> Any:
-    """One vLLM actor pool per source model over the same prompts, unioned into one dataset."""
+def source_samples(prompts: dict[str, Any], cfg: GenerateConfig) -> Any:
+    """One vLLM actor pool per source model over its prompts (by source name), unioned into one dataset."""
     branches = []
     for i, src in enumerate(cfg.sources):
+        if src.name not in prompts:
+            continue
         pool = src.pool
         branches.append(
-            prompts.map_batches(
+            prompts[src.name].map_batches(
                 VLLMGenerator,
                 fn_constructor_kwargs={
                     "model": src.model_dump(),
@@ -123,10 +127,30 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         raise InputError(f"no valid prompts in {cfg.data.prompts}; see {out / 'quarantine'}")
 
     ensure_ray()
-    prompts = ray.data.from_arrow(pa.Table.from_pylist(batch.valid, schema=PROMPTS))
+    scored_dir = out / "scored"
+    attempt = start_attempt(scored_dir, _fingerprint(cfg, batch.valid))
+    n_per_model = {s.name: s.sampling.n for s in cfg.sources}
+    before = scan(scored_dir, n_per_model)
+    ids = [r["prompt_id"] for r in batch.valid]
+    prompts = {}
+    for src in cfg.sources:
+        pending = set(before.pending(ids, src.name))
+        if pending:
+            rows = [r for r in batch.valid if r["prompt_id"] in pending]
+            prompts[src.name] = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=PROMPTS))
+    pairs_pending = sum(len(set(before.pending(ids, s.name))) for s in cfg.sources)
+    log.info("generate: attempt %d, %d (prompt, model) pairs already scored, %d to generate",
+             attempt, len(before.complete), pairs_pending)
     t0 = time.perf_counter()
-    scored = score(source_samples(prompts, cfg), cfg).materialize()
+    if prompts:
+        committed = score(source_samples(prompts, cfg), cfg).map_batches(
+            commit_batch, fn_kwargs={"scored_dir": str(scored_dir), "attempt": attempt},
+            batch_format="pyarrow", batch_size=None, num_cpus=0.1,
+        ).sum("rows")
+        log.info("generate: %d scored samples committed in attempt %d", committed or 0, attempt)
     gen_seconds = time.perf_counter() - t0
+    state = scan(scored_dir, n_per_model)
+    scored = _read_scored(state).materialize()
 
     good = scored.map_batches(_split_errors, fn_kwargs={"keep_errors": False}, batch_format="pyarrow")
     bad = scored.map_batches(_split_errors, fn_kwargs={"keep_errors": True}, batch_format="pyarrow")
@@ -134,6 +158,10 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     quarantine += _quarantine_rows(
         [{**r, "reason": r["error"], "raw": (r["response"] or "")[:2000]} for r in bad_rows], "generate"
     )
+    quarantine += _quarantine_rows([
+        {"prompt_id": pid, "model": model, "reason": "incomplete_samples: no attempt wrote all of this pair's samples"}
+        for pid, model in sorted(state.incomplete)
+    ], "generate")
     write_dataset(good, out / "samples")
 
     selections = good.groupby("prompt_id").map_groups(select_group, batch_format="pyarrow").materialize()
@@ -162,13 +190,36 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             "per_source": {m: int((stats["model"] == m).sum()) for m in names},
         },
         "tokens": {"generated": all_tokens, "seconds": round(gen_seconds, 2),
-                   "tokens_per_s": round(all_tokens / gen_seconds, 1) if gen_seconds else 0.0},
+                   # after a resume the tokens include reused samples, so a rate would mislead
+                   "tokens_per_s": round(all_tokens / gen_seconds, 1) if gen_seconds and not before.complete
+                   else None},
         "win_shares": win_shares(winners["source_model"].tolist(), names),
+        "resume": {"attempt": attempt, "pairs_reused": len(before.complete), "pairs_generated": pairs_pending,
+                   "pairs_incomplete": len(state.incomplete)},
         "quarantine_reasons": _reason_counts(quarantine),
         "output_dir": str(out),
     }
     write_json(summary, out / "summary.json")
     return GenerateResult(output_dir=out, summary=summary)
+
+
+def _fingerprint(cfg: GenerateConfig, prompts: list[dict[str, Any]]) -> str:
+    settings = cfg.model_dump(exclude={"output_dir"})
+    blob = json.dumps([settings, prompts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _read_scored(state: CommittedState) -> Any:
+    """The committed samples as one dataset, each (prompt, model) pair from one complete attempt."""
+    import ray
+
+    if not state.files:
+        return ray.data.from_arrow(pa.Table.from_pylist([], schema=SCORED))
+    paths = [str(p) for p in state.files]
+    if not state.overrides:
+        return ray.data.read_parquet(paths, schema=SCORED)
+    return ray.data.read_parquet(paths, include_paths=True).map_batches(
+        keep_rows, fn_kwargs={"overrides": state.overrides}, batch_format="pyarrow")
 
 
 def _reason_counts(quarantine: list[dict[str, Any]]) -> dict[str, int]:
@@ -182,11 +233,15 @@ def _reason_counts(quarantine: list[dict[str, Any]]) -> dict[str, int]:
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-stage report: counts in/out/aside, samples per source, throughput, win shares."""
     p, s, t = summary["prompts"], summary["samples"], summary["tokens"]
+    r = summary.get("resume", {"pairs_reused": 0})
     lines = [
         f"prompts   in {p['in']}  valid {p['valid']}  out {p['out']}  quarantined {p['quarantined']}",
         f"samples   expected {s['expected']}  out {s['out']}  quarantined {s['quarantined']}",
         f"tokens    {t['generated']} generated in {t['seconds']} s ({t['tokens_per_s']} tokens/s, "
-        "generation + scoring)",
+        "generation + scoring)" if t["tokens_per_s"] is not None else
+        f"tokens    {t['generated']} in all; this attempt took {t['seconds']} s",
+        "resumed   {pairs_reused} (prompt, model) pairs reused, {pairs_generated} generated".format(**r)
+        if r["pairs_reused"] else "resumed   no (fresh start)",
         "",
         f"{'source model':<24}{'samples':>10}{'win share':>12}",
     ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import shutil
 import time
@@ -68,6 +70,30 @@ def _latest_checkpoint(storage: Path):
 
     done = sorted(p for p in storage.glob("step-*") if (p / CKPT_TAG).is_dir())
     return Checkpoint.from_directory(str(done[-1])) if done else None
+
+
+def _fingerprint(spec: LoopSpec, examples: list[dict[str, Any]]) -> str:
+    # where to stop and how often to log or save do not change the trajectory, so a run may resume across them
+    ignored = ("max_steps", "logging_steps", "save_steps", "tensorboard_dir", "metrics_file")
+    run = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ignored}
+    blob = json.dumps([run, examples], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _start_or_continue(storage: Path, metrics_file: Path, fingerprint: str) -> None:
+    """Keep the checkpoints of an interrupted run of the same spec and data; clear those of any other.
+
+    Resuming another run's checkpoint (a retrained reference, a new learning rate) would silently train
+    from the wrong weights, or not at all when that run had finished.
+    """
+    marker = storage / "run.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        return
+    if storage.exists():
+        log.info("checkpoints in %s are from another run: cleared", storage)
+        shutil.rmtree(storage)
+    metrics_file.unlink(missing_ok=True)
+    write_json({"fingerprint": fingerprint}, marker)
 
 
 def run_training(cfg: TrainerSettings, stage: str) -> dict[str, Any]:
@@ -148,6 +174,7 @@ def run_training(cfg: TrainerSettings, stage: str) -> dict[str, Any]:
         metrics_file=str(out / "metrics.jsonl"),
     )
     storage = out / "checkpoints"
+    _start_or_continue(storage, out / "metrics.jsonl", _fingerprint(spec, examples))
     resume = _latest_checkpoint(storage / "run")
     log.info("%s: %d rows, %d optimizer steps (%d per epoch), resume from %s", stage, n, total_steps,
              steps_per_epoch, resume.path if resume else None)
