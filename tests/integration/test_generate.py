@@ -21,7 +21,8 @@ LONG_PROMPT = "Reverse the letters: " + " ".join(["qzxv jkwp"] * 30)
 def _source(name, toy, max_model_len):
     return {
         "name": name, "path": f"toy://{toy}", "dtype": "float32",
-        "engine_kwargs": {"kv_cache_memory_bytes": 128 * 2**20, "max_model_len": max_model_len},
+        "engine_kwargs": {"kv_cache_memory_bytes": 128 * 2**20, "max_model_len": max_model_len,
+                          "enforce_eager": True},
         "sampling": {"n": K, "temperature": 0.8, "top_p": 0.95, "max_tokens": 12},
         "pool": {"concurrency": 1, "num_cpus": 0.5, "batch_size": 8},
     }

@@ -83,7 +83,8 @@ def _stop_head(temp: Path) -> None:
 
 
 def _engine(n: int) -> dict:
-    return {"dtype": "float32", "engine_kwargs": {"kv_cache_memory_bytes": 64 * 2**20, "max_model_len": 256},
+    return {"dtype": "float32",
+            "engine_kwargs": {"kv_cache_memory_bytes": 64 * 2**20, "max_model_len": 256, "enforce_eager": True},
             "sampling": {"n": n, "max_tokens": 8}, "pool": {"num_cpus": 0.5}}
 
 
@@ -104,7 +105,7 @@ def _pipeline_config(tmp_path: Path) -> Path:
         "sft": trainer,
         "train": {**trainer, "loss": {"beta": 0.5, "alpha": 0.5}},
         "eval": {"prompts": str(held_out), "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 8},
-                 "engine_kwargs": {"kv_cache_memory_bytes": 64 * 2**20, "max_model_len": 256},
+                 "engine_kwargs": {"kv_cache_memory_bytes": 64 * 2**20, "max_model_len": 256, "enforce_eager": True},
                  "pool": {"num_cpus": 0.5}, "bootstrap_resamples": 100},
     }))
     return config

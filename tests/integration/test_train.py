@@ -121,7 +121,7 @@ def test_saved_model_loads_and_generates_with_vllm(trained):
         from vllm import LLM, SamplingParams
         if __name__ == "__main__":
             llm = LLM(model={str(model_dir)!r}, dtype="float32", max_model_len=256,
-                      kv_cache_memory_bytes=64 * 2**20, seed=0)
+                      kv_cache_memory_bytes=64 * 2**20, seed=0, enforce_eager=True)
             out = llm.generate(["Add: 2+3"], SamplingParams(max_tokens=8, temperature=0.0))
             print("GENERATED", len(out[0].outputs[0].token_ids))
     """)

@@ -1,6 +1,8 @@
 """Fine-tuning of the skilled toy models: deterministic, learns, answers end with the end-of-turn token."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +95,18 @@ def test_registry_skills():
     for name in ("llama", "qwen2", "mistral", "gemma2", "target", "reward"):
         assert TOY_MODELS[name].train_steps == 0
         assert model_dir_name(name, TOY_MODELS[name]) == f"{name}-v1"
+
+
+def test_demo_data_files_are_the_committed_ones(tmp_path):
+    """`python -m wrpo_ray.toy.task jobs/data` rebuilds the demo's prompt files byte for byte."""
+    from wrpo_ray.toy.task import write_demo_data
+
+    write_demo_data(tmp_path)
+    repo = Path(__file__).resolve().parents[2] / "jobs" / "data"
+    for name in ("tiny-prompts.jsonl", "tiny-eval.jsonl"):
+        assert (tmp_path / name).read_text() == (repo / name).read_text()
+    train = [json.loads(line) for line in (tmp_path / "tiny-prompts.jsonl").read_text().splitlines()[:-2]]
+    held_out = [json.loads(line) for line in (tmp_path / "tiny-eval.jsonl").read_text().splitlines()]
+    assert len(train) == 960 and len(held_out) == 200
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
+    assert {r["skill"] for r in held_out} == {"add", "reverse", "sort", "upper"}

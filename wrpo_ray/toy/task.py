@@ -99,3 +99,25 @@ def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
     with open(path, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+
+
+BAD_PROMPT_LINES = ('{"prompt_id": "bad-json", "prompt": "unterminated', '{"prompt_id": "bad-empty", "prompt": "   "}')
+
+
+def write_demo_data(out_dir: str | Path, n_train: int = 960, n_eval: int = 200) -> None:
+    """The demo's prompt files: `tiny-prompts.jsonl` (seed 1, plus two bad rows the input stage must
+    quarantine) and `tiny-eval.jsonl` (seed 1001, no prompt text shared with the training prompts)."""
+    out = Path(out_dir)
+    train = make_examples(n_train, seed=1)
+    seen = {r["prompt"] for r in train}
+    held_out = [r for r in make_examples(2 * n_eval, seed=1001) if r["prompt"] not in seen][:n_eval]
+    write_jsonl(train, out / "tiny-prompts.jsonl")
+    with open(out / "tiny-prompts.jsonl", "a") as f:
+        f.write("\n".join(BAD_PROMPT_LINES) + "\n")
+    write_jsonl(held_out, out / "tiny-eval.jsonl")
+
+
+if __name__ == "__main__":
+    import sys
+
+    write_demo_data(sys.argv[1] if len(sys.argv) > 1 else "jobs/data")
