@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class StageRunner:
         self.root = root
         self.summaries: dict[str, Any] = {}
         self.fingerprints: dict[str, str] = {}
+        self.seconds: dict[str, float | None] = {}
 
     def __call__(self, name: str, settings: Any, fn: Callable[[], dict[str, Any]],
                  after: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -69,10 +71,13 @@ class StageRunner:
             done = json.loads(marker.read_text())
             if done.get("fingerprint") == fp:
                 log.info("stage %s: already complete, skipped", name)
+                self.seconds[name] = None
                 self.summaries[name] = done["summary"]
                 return done["summary"]
         log.info("stage %s: running", name)
+        t0 = time.perf_counter()
         summary = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 1)
         write_json({"fingerprint": fp, "summary": summary}, marker)
         self.summaries[name] = summary
         return summary
@@ -182,9 +187,18 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
                                                                    label: root / name / "metrics.jsonl"
                                                                    for name, label, _ in runs}),
               after=tuple(name for name, _, _ in runs))
-    summary = {"output_dir": str(root), "stages": stage.summaries}
+    summary = {"output_dir": str(root), "stages": stage.summaries, "seconds": stage.seconds}
     write_json(summary, root / "pipeline.json")
     return summary
+
+
+def _runtime_ratio(stages: dict[str, Any]) -> str | None:
+    """WRPO's training time against DPO-on's (the paper's Table 8: about 1.16x on 8 GPUs)."""
+    try:
+        wrpo, dpo = stages["wrpo"]["seconds"]["train"], stages["dpo_on"]["seconds"]["train"]
+    except KeyError:
+        return None
+    return f"training time WRPO / DPO-on: {wrpo:.0f} s / {dpo:.0f} s = {wrpo / dpo:.2f}x" if dpo else None
 
 
 def format_pipeline_summary(summary: dict[str, Any]) -> str:
@@ -202,5 +216,11 @@ def format_pipeline_summary(summary: dict[str, Any]) -> str:
         parts += ["", "== evaluation (Table 2) ==", stages["eval"]["table"]]
         if stages["eval"].get("plots"):
             parts += ["", "reward dynamics plots: " + ", ".join(stages["eval"]["plots"])]
+    if summary.get("seconds"):
+        parts += ["", "== time per stage (s; - = already complete, skipped) =="]
+        parts += [f"{name:<12}{'-' if sec is None else f'{sec:.0f}':>8}" for name, sec in summary["seconds"].items()]
+        runtime = _runtime_ratio(stages)
+        if runtime:
+            parts.append(runtime)
     parts += ["", f"everything under {summary['output_dir']}"]
     return "\n".join(parts)

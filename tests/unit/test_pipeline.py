@@ -36,6 +36,9 @@ def test_stage_reruns_when_an_upstream_stage_reran(tmp_path):
     pipeline(1e-3)
     pipeline(1e-3)
     assert calls == ["sft", "train"]
+    skipped = StageRunner(tmp_path)
+    skipped("sft", {"lr": 1e-3}, lambda: {})
+    assert skipped.seconds == {"sft": None}
     pipeline(1e-4)                      # same train settings, but Target-SFT was rebuilt
     assert calls == ["sft", "train", "sft", "train"]
 
