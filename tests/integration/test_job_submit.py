@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def head(tmp_path_factory):
     import ray
 
     ray.shutdown()
-    temp = Path("/tmp") / f"wrpo-head-{os.getpid()}"
+    temp = Path("/tmp") / f"wrpo-head-{uuid.uuid4().hex[:12]}"  # short: Ray's socket paths must fit 107 bytes
     dash = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
