@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window: list[dict[str, torch.Tensor]] = []
     done = step >= last_step
     last_metrics: dict[str, float] = {}
+    t_window, logged_step = time.perf_counter(), step
     while not done:
         seen = 0
         for rows in shard.iter_batches(batch_size=spec.micro_batch_size, batch_format="pyarrow", drop_last=True):
@@ -184,10 +186,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             step += 1
             if step % spec.logging_steps == 0 or step == last_step:
-                last_metrics = _log(window, step, scheduler.get_last_lr()[0], writer, dist, spec.metrics_file)
-                window = []
+                step_s = (time.perf_counter() - t_window) / (step - logged_step)
+                last_metrics = _log(window, step, scheduler.get_last_lr()[0], step_s, writer, dist, spec.metrics_file)
+                window, logged_step = [], step
             if step == last_step or (spec.save_steps and step % spec.save_steps == 0):
                 _checkpoint(engine, step, rank, last_metrics, with_model=step == last_step)
+            if logged_step == step:
+                t_window = time.perf_counter()
             if step >= last_step:
                 done = True
                 break
@@ -196,8 +201,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         writer.close()
 
 
-def _log(window, step, lr, writer, dist, metrics_file: str) -> dict[str, float]:
-    """Average the window's metrics over micro-batches and workers; rank 0 writes TensorBoard and JSONL."""
+def _log(window, step, lr, step_s, writer, dist, metrics_file: str) -> dict[str, float]:
+    """Average the window's metrics over micro-batches and workers; rank 0 writes TensorBoard and JSONL.
+
+    `seconds_per_step` is rank 0's wall time per optimizer step since the last log: reading the batches,
+    forward, backward and the optimizer step, without logging, reporting to Ray Train or checkpointing
+    (the workers wait for each other at every step, so the ranks agree to within a step)."""
     import json
 
     import ray.train
@@ -208,7 +217,7 @@ def _log(window, step, lr, writer, dist, metrics_file: str) -> dict[str, float]:
         dist.all_reduce(local)
         local /= dist.get_world_size()
     metrics = {k: float(v) for k, v in zip(keys, local, strict=True)}
-    metrics.update({"step": step, "lr": lr})
+    metrics.update({"step": step, "lr": lr, "seconds_per_step": step_s})
     if writer is not None:
         for k, v in metrics.items():
             if k != "step":
