@@ -41,10 +41,9 @@ def train_once(base, objective: str, out: Path) -> dict:
     cfg = base.model_copy(update={"loss": loss, "output_dir": str(out), "save_steps": None})
     summary = run_training(cfg, "preference")
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    per_step = [s["seconds_per_step"] for s in steps[1:]]
     return {"objective": objective, "fit_s": summary["seconds"]["train"], "steps": len(steps),
-            "seconds_per_step": statistics.median(per_step), "all_seconds_per_step": per_step,
-            "rows": summary["rows"]["trained"]}
+            "seconds_per_step": summary["seconds"]["per_step_median"],
+            "all_seconds_per_step": [s["seconds_per_step"] for s in steps[1:]], "rows": summary["rows"]["trained"]}
 
 
 def environment() -> dict:

@@ -10,7 +10,6 @@ from their latest checkpoint when they were interrupted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -29,7 +28,7 @@ from wrpo_ray.config import (
     SourceModelConfig,
     WrpoConfig,
 )
-from wrpo_ray.data.io import write_json, write_table
+from wrpo_ray.data.io import fingerprint, write_json, write_table
 from wrpo_ray.data.schemas import QUARANTINE
 from wrpo_ray.train.preference_data import in_sft_split
 
@@ -42,10 +41,6 @@ PREFERENCE = pa.schema([
     ("reward_ws", pa.float64()), ("reward_wt", pa.float64()), ("reward_l", pa.float64()),
     ("source_model", pa.string()), ("metadata", pa.string()),
 ])
-
-
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class StageRunner:
@@ -65,7 +60,7 @@ class StageRunner:
         (a retrained Target-SFT at the same path, say) runs again even though its own settings match.
         """
         marker = self.root / name / "stage.json"
-        fp = _fingerprint({"settings": settings, "after": {d: self.fingerprints[d] for d in after}})
+        fp = fingerprint({"settings": settings, "after": {d: self.fingerprints[d] for d in after}})
         self.fingerprints[name] = fp
         if marker.is_file():
             done = json.loads(marker.read_text())

@@ -45,8 +45,9 @@ def test_scan_complete_split_and_errored_pairs(tmp_path: Path) -> None:
     state = scan(d, {"m": 3, "n": 2})
     assert state.complete == {("a", "m"): 0, ("c", "m"): 0, ("a", "n"): 0}
     assert state.incomplete == {("b", "m")}              # ... and only the first one was written
-    assert state.pending(["a", "b", "c"], "m") == ["b"]
-    assert state.pending(["a", "b", "c"], "n") == ["b", "c"]
+    rows = [{"prompt_id": p} for p in ("a", "b", "c")]
+    assert [r["prompt_id"] for r in state.pending(rows, "m")] == ["b"]
+    assert [r["prompt_id"] for r in state.pending(rows, "n")] == ["b", "c"]
     assert state.overrides == {("b", "m"): None}
 
 

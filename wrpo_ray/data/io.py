@@ -7,6 +7,7 @@ interrupted write never leaves a half-written stage behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +66,11 @@ def write_dataset(ds: Any, final: str | Path) -> Path:
         ds.write_parquet(str(tmp), filename_provider=ShardNames(), mode="overwrite")
 
     return _atomic_dir(Path(final), write)
+
+
+def fingerprint(obj: Any) -> str:
+    """A short digest of a JSON-serialisable value (keys sorted): what decides whether saved work is reused."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -23,11 +23,13 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from wrpo_ray.data.io import write_json
 from wrpo_ray.data.schemas import SCORED
 
 RUN_FILE = "_run.json"
@@ -43,9 +45,7 @@ def start_attempt(scored_dir: Path, fingerprint: str) -> int:
         previous = {"fingerprint": fingerprint, "attempts": 0}
     scored_dir.mkdir(parents=True, exist_ok=True)
     attempt = int(previous["attempts"])
-    tmp = run_file.with_name(f".{RUN_FILE}.tmp")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "attempts": attempt + 1}))
-    os.replace(tmp, run_file)
+    write_json({"fingerprint": fingerprint, "attempts": attempt + 1}, run_file)
     return attempt
 
 
@@ -71,8 +71,9 @@ class CommittedState:
     incomplete: set[tuple[str, str]] = field(default_factory=set)
     overrides: dict[tuple[str, str], int | None] = field(default_factory=dict)
 
-    def pending(self, prompt_ids: list[str], model: str) -> list[str]:
-        return [p for p in prompt_ids if (p, model) not in self.complete]
+    def pending(self, prompts: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+        """The prompt rows whose (prompt, `model`) pair no attempt completed."""
+        return [r for r in prompts if (r["prompt_id"], model) not in self.complete]
 
 
 def _attempt_of(path: Path) -> int:

@@ -6,7 +6,6 @@ as far as the cluster's resources allow.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wrpo_ray.config import GenerateConfig, resolve_model_path
-from wrpo_ray.data.io import write_dataset, write_json, write_table
+from wrpo_ray.data.io import fingerprint, write_dataset, write_json, write_table
 from wrpo_ray.data.prompts import InputError, read_prompts
 from wrpo_ray.data.schemas import PROMPTS, QUARANTINE, SCORED, SELECTIONS
 from wrpo_ray.generate.commit import CommittedState, commit_batch, keep_rows, scan, start_attempt
@@ -128,17 +127,13 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
 
     ensure_ray()
     scored_dir = out / "scored"
-    attempt = start_attempt(scored_dir, _fingerprint(cfg, batch.valid))
+    attempt = start_attempt(scored_dir, fingerprint([cfg.model_dump(exclude={"output_dir"}), batch.valid]))
     n_per_model = {s.name: s.sampling.n for s in cfg.sources}
     before = scan(scored_dir, n_per_model)
-    ids = [r["prompt_id"] for r in batch.valid]
-    prompts = {}
-    for src in cfg.sources:
-        pending = set(before.pending(ids, src.name))
-        if pending:
-            rows = [r for r in batch.valid if r["prompt_id"] in pending]
-            prompts[src.name] = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=PROMPTS))
-    pairs_pending = sum(len(set(before.pending(ids, s.name))) for s in cfg.sources)
+    pending = {s.name: before.pending(batch.valid, s.name) for s in cfg.sources}
+    prompts = {name: ray.data.from_arrow(pa.Table.from_pylist(rows, schema=PROMPTS))
+               for name, rows in pending.items() if rows}
+    pairs_pending = sum(len(rows) for rows in pending.values())
     log.info("generate: attempt %d, %d (prompt, model) pairs already scored, %d to generate",
              attempt, len(before.complete), pairs_pending)
     t0 = time.perf_counter()
@@ -207,12 +202,6 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
 def _partitions(rows: int, rows_per_partition: int = 50_000) -> int:
     """Shuffle partitions for the per-prompt grouping: Ray Data's default of 200 costs a small run 15 s."""
     return max(1, min(200, -(-rows // rows_per_partition)))
-
-
-def _fingerprint(cfg: GenerateConfig, prompts: list[dict[str, Any]]) -> str:
-    settings = cfg.model_dump(exclude={"output_dir"})
-    blob = json.dumps([settings, prompts], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _read_scored(state: CommittedState) -> Any:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wrpo_ray.config import PAPER_LR, PreferenceTrainConfig, SftConfig, TrainerSettings, resolve_model_path
-from wrpo_ray.data.io import write_json, write_table
+from wrpo_ray.data.io import fingerprint, write_json, write_table
 from wrpo_ray.data.prompts import InputError, iter_input_rows
 from wrpo_ray.data.schemas import QUARANTINE
 from wrpo_ray.runtime import ensure_ray
@@ -72,12 +72,11 @@ def _latest_checkpoint(storage: Path):
     return Checkpoint.from_directory(str(done[-1])) if done else None
 
 
-def _fingerprint(spec: LoopSpec, examples: list[dict[str, Any]]) -> str:
+def _run_fingerprint(spec: LoopSpec, examples: list[dict[str, Any]]) -> str:
     # where to stop and how often to log or save do not change the trajectory, so a run may resume across them
     ignored = ("max_steps", "logging_steps", "save_steps", "tensorboard_dir", "metrics_file")
     run = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ignored}
-    blob = json.dumps([run, examples], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return fingerprint([run, examples])
 
 
 def _start_or_continue(storage: Path, metrics_file: Path, fingerprint: str) -> None:
@@ -101,8 +100,8 @@ def _median_step_seconds(metrics_file: Path) -> float | None:
     if not metrics_file.is_file():
         return None
     steps = [json.loads(line).get("seconds_per_step") for line in metrics_file.read_text().splitlines()[1:]]
-    steps = sorted(s for s in steps if s is not None)
-    return round(steps[len(steps) // 2], 4) if steps else None
+    steps = [s for s in steps if s is not None]
+    return round(statistics.median(steps), 4) if steps else None
 
 
 def run_training(cfg: TrainerSettings, stage: str) -> dict[str, Any]:
@@ -184,7 +183,7 @@ def run_training(cfg: TrainerSettings, stage: str) -> dict[str, Any]:
         metrics_file=str(out / "metrics.jsonl"),
     )
     storage = out / "checkpoints"
-    _start_or_continue(storage, out / "metrics.jsonl", _fingerprint(spec, examples))
+    _start_or_continue(storage, out / "metrics.jsonl", _run_fingerprint(spec, examples))
     resume = _latest_checkpoint(storage / "run")
     log.info("%s: %d rows, %d optimizer steps (%d per epoch), resume from %s", stage, n, total_steps,
              steps_per_epoch, resume.path if resume else None)
