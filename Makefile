@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.wrpo-ray-installed
+TRL_STAMP := $(VENV)/.wrpo-ray-trl-installed
 CONFIG ?= jobs/configs/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
@@ -23,7 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, vllm, ray, deepspeed, transformers, triton; print('torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 
-install: $(STAMP)
+# TRL, the peer of tests/unit/test_trl_parity.py (the `bench` extra's pin). Its own stamp, so an existing venv gets it
+# without a reinstall. --no-deps: the stack above already meets its requirements, and pip touches nothing else.
+$(TRL_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-deps 'trl==1.16.0' 'accelerate==1.15.0'
+	$(BIN)/python -c "import torch, vllm, ray, transformers, trl, accelerate; print('transformers', transformers.__version__, 'trl', trl.__version__, 'accelerate', accelerate.__version__)"
+	touch $(TRL_STAMP)
+
+install: $(STAMP) $(TRL_STAMP)
 
 # The untrained tiny models the tests use (seconds); the demo's fine-tuned ones are built on first use.
 toy: install

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from wrpo_ray.config import ConfigError, load_config
+from wrpo_ray.config import ConfigError, check_config, load_config, resolve_judge, standalone_eval_errors
 from wrpo_ray.data.prompts import InputError
 
 
@@ -77,18 +77,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     eval_cfg = _section(cfg, "eval")
-    judge = eval_cfg.reward or (cfg.generate.reward if cfg.generate else None)
-    if judge is None:
-        raise ConfigError("eval needs a judge: set eval.reward or generate.reward")
-    if not eval_cfg.models:
-        raise ConfigError("eval.models is empty: list the models to compare")
-    if eval_cfg.output_dir is None:
-        raise ConfigError("eval.output_dir is required")
+    errors = standalone_eval_errors(eval_cfg)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    judge, warning = resolve_judge(cfg)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     from wrpo_ray.eval.stage import run_eval
 
-    summary = run_eval(eval_cfg, judge)
+    summary = run_eval(eval_cfg, judge, warning=warning)
     print(summary["table"])
     return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Every check of `check_config` on the parsed config, without starting Ray or loading a model."""
+    cfg = load_config(args.config, args.overrides)
+    report = check_config(cfg)
+    out = sys.stderr if report.errors else sys.stdout
+    for line in report.errors:
+        print(f"error: {line}", file=out)
+    if not report.errors:
+        print(f"config OK: {args.config}")
+    for line in report.warnings:
+        print(f"warning: {line}", file=out)
+    for line in report.notes:
+        print(f"note: {line}", file=out)
+    return 2 if report.errors else 0
 
 
 def cmd_build_toy(args: argparse.Namespace) -> int:
@@ -122,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(e)
     e.set_defaults(func=cmd_eval)
 
+    v = sub.add_parser("validate", help="check a config (sections, paths, judge, resources, loss) without Ray")
+    _add_config_args(v)
+    v.set_defaults(func=cmd_validate)
+
     for name, section, text in [("sft", "sft", "Target-SFT: NLL of y_ws on the SFT split"),
                                 ("train", "train", "WRPO / DPO / IPO / SimPO training on preference data")]:
         p = sub.add_parser(name, help=text)
@@ -142,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, InputError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return 2
 
 

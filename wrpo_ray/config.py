@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,6 +117,10 @@ class GenerateConfig(_Strict):
     sources: list[SourceModelConfig] = Field(min_length=1)
     reward: RewardConfig
     output_dir: str
+    keep_truncated: bool = False
+    """Let samples that stopped at `max_tokens` (finish_reason "length") be selected as y_ws / y_wt / y_l.
+
+    Off by default: an answer cut short would be trained on as if complete, with an end-of-turn appended."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> GenerateConfig:
@@ -149,6 +154,7 @@ class TrainerSettings(_Strict):
 
     policy: ModelConfig | None = None
     data: str | None = None
+    data_split: str = Field("train", min_length=1)
     output_dir: str | None = None
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
@@ -167,11 +173,14 @@ class TrainerSettings(_Strict):
     save_steps: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
     seed: int = 0
+    shuffle: bool = True
+    """A fresh order of the rows every epoch, drawn from (seed, epoch); False trains in input order."""
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> TrainerSettings:
         if self.max_prompt_length >= self.max_length:
-            raise ValueError("max_prompt_length must be smaller than max_length")
+            raise ValueError(f"max_prompt_length: {self.max_prompt_length} must be smaller than max_length "
+                             f"({self.max_length})")
         return self
 
     @field_validator("data")
@@ -197,7 +206,11 @@ class PreferenceTrainConfig(TrainerSettings):
 
 
 class EvalConfig(_Strict):
-    """Held-out prompts, models to compare, and the judge (default: the generate stage's reward)."""
+    """Held-out prompts, models to compare, and the judge that scores their answers.
+
+    `judge` is the evaluation's own reward model or verifier. Left unset it falls back to `generate.reward`,
+    with a warning when that is a reward model (see `resolve_judge`).
+    """
 
     prompts: str
     output_dir: str | None = None
@@ -207,10 +220,17 @@ class EvalConfig(_Strict):
                                                                             max_tokens=512))
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     pool: PoolConfig = Field(default_factory=PoolConfig)
-    reward: RewardConfig | None = None
+    judge: RewardConfig | None = None
     max_prompt_chars: int = Field(8000, ge=1)
     bootstrap_resamples: int = Field(1000, ge=10)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_reward(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "reward" in data:
+            raise ValueError("eval.reward is now eval.judge")
+        return data
 
     @field_validator("prompts")
     @classmethod
@@ -253,12 +273,23 @@ def resolve_callable(spec: str) -> Any:
     return fn
 
 
+_FIELD_PREFIX = re.compile(r"^([a-z_]+): (.*)$", re.DOTALL)
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+    """One line per error, each naming the config and the dotted key.
+
+    A model-level check names the field it is about by starting its message with `field: `; that field
+    joins the dotted key (`sft.max_prompt_length`, not `sft`).
+    """
+    lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = [str(p) for p in e["loc"]]
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key}: {msg}")
+        m = _FIELD_PREFIX.match(msg)
+        if m:
+            loc, msg = [*loc, m[1]], m[2]
+        lines.append(f"invalid config {source}: {'.'.join(loc) or '<root>'}: {msg}")
     return "\n".join(lines)
 
 
@@ -274,7 +305,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> WrpoCon
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     for item in overrides or []:
@@ -283,19 +317,242 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> WrpoCon
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `dotted.key=yaml_value` in the raw config tree; list items are addressed by index.
+
+    Every mistake is a `ConfigError` naming the dotted key: no `=`, an empty key part, a value that is not
+    YAML, an index that is not a number or is out of range, or a key below a scalar.
+    """
     if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        raise ConfigError(f"--set {item!r} is not of the form key.path=value")
     key, value = item.split("=", 1)
-    node: Any = raw
+    key = key.strip()
     parts = key.split(".")
-    for p in parts[:-1]:
-        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-    last = parts[-1]
-    parsed = yaml.safe_load(value)
+    if not all(parts):
+        raise ConfigError(f"--set {key!r}: empty key part")
+    parsed = _parse_override_value(key, value)
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[:depth]), key)
+    _assign(node, parts[-1], parsed, ".".join(parts[:-1]), key)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def _parse_override_value(key: str, value: str) -> Any:
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {_yaml_problem(e)}") from None
+
+
+def _list_index(items: list[Any], part: str, parent: str, key: str) -> int:
+    if not part.isdigit():
+        raise ConfigError(f"--set {key}: {parent} is a list of {len(items)} items; {part!r} is not an index")
+    index = int(part)
+    if index >= len(items):
+        raise ConfigError(f"--set {key}: index {index} is out of range: {parent} has {len(items)} items")
+    return index
+
+
+def _not_a_container(node: Any, parent: str, key: str) -> ConfigError:
+    return ConfigError(f"--set {key}: {parent or '<root>'} is a {type(node).__name__} ({node!r}), "
+                       "not a mapping or list")
+
+
+def _child(node: Any, part: str, parent: str, key: str) -> Any:
+    """The mapping or list under `part`; a missing or null mapping entry becomes an empty mapping."""
+    path = f"{parent}.{part}" if parent else part
     if isinstance(node, list):
-        node[int(last)] = parsed
+        return node[_list_index(node, part, parent, key)]
+    if not isinstance(node, dict):
+        raise _not_a_container(node, parent, key)
+    if node.get(part) is None:
+        node[part] = {}
+    child = node[part]
+    if not isinstance(child, dict | list):
+        raise _not_a_container(child, path, key)
+    return child
+
+
+def _assign(node: Any, part: str, value: Any, parent: str, key: str) -> None:
+    if isinstance(node, list):
+        node[_list_index(node, part, parent, key)] = value
+    elif isinstance(node, dict):
+        node[part] = value
     else:
-        node[last] = parsed
+        raise _not_a_container(node, parent, key)
+
+
+# --- checks across sections: the judge, `wrpo-ray run`, and `wrpo-ray validate` ---------------------------
+
+RUN_SECTIONS = ("run", "generate", "target", "sft", "train")
+
+SELF_JUDGE_WARNING = ("the eval judge is the reward model that built the training data ({path}): win rates "
+                      "flatter every preference method; set eval.judge to a different reward model")
+
+
+def resolve_judge(cfg: WrpoConfig) -> tuple[RewardConfig, str | None]:
+    """The judge of the eval stage, and a warning when it is the reward model that built the training data.
+
+    `eval.judge` wins; unset, the judge falls back to `generate.reward`. A model trained toward a reward model
+    and judged by the same one is graded on what it was taught to please, so that case warns (same model
+    path). A verifier (`module:function`) is a programmatic check of correctness, ground truth rather than a
+    learned preference, so judging with the verifier that built the data does not warn.
+    """
+    own = cfg.eval.judge if cfg.eval is not None else None
+    trained_on = cfg.generate.reward if cfg.generate is not None else None
+    judge = own or trained_on
+    if judge is None:
+        raise ConfigError("eval needs a judge: set eval.judge (or generate.reward)")
+    return judge, judge_warning(judge, trained_on)
+
+
+def judge_warning(judge: RewardConfig, trained_on: RewardConfig | None) -> str | None:
+    """The self-judging warning when `judge` is the same reward model as `trained_on`; None otherwise."""
+    if trained_on is None or judge.model is None or trained_on.model is None:
+        return None
+    if judge.model.path.rstrip("/") != trained_on.model.path.rstrip("/"):
+        return None
+    return SELF_JUDGE_WARNING.format(path=judge.model.path)
+
+
+def missing_run_sections(cfg: WrpoConfig) -> list[str]:
+    """The sections `wrpo-ray run` needs that the config lacks."""
+    return [name for name in RUN_SECTIONS if getattr(cfg, name) is None]
+
+
+def standalone_eval_errors(ev: EvalConfig) -> list[str]:
+    """What `wrpo-ray eval` needs beyond a valid eval section (`wrpo-ray run` fills these in itself)."""
+    errors = []
+    if not ev.models:
+        errors.append("eval.models is empty: list the models to compare")
+    elif ev.baseline not in {m.name for m in ev.models}:
+        errors.append(f"eval.baseline {ev.baseline!r} is not one of eval.models {[m.name for m in ev.models]}")
+    if ev.output_dir is None:
+        errors.append("eval.output_dir is required")
+    return errors
+
+
+@dataclass
+class ConfigReport:
+    """What `wrpo-ray validate` found: errors stop a run, warnings and notes do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_config(cfg: WrpoConfig) -> ConfigReport:
+    """Every check that needs no Ray, no engine and no download, on a config that parsed."""
+    report = ConfigReport()
+    for check in (_check_run, _check_standalone_trainers, _check_eval, _check_trainer_resources,
+                  _check_pools, _check_loss):
+        check(cfg, report)
+    return report
+
+
+def _check_run(cfg: WrpoConfig, report: ConfigReport) -> None:
+    if cfg.run is None:
+        return
+    for name in missing_run_sections(cfg):
+        report.errors.append(f"run: `wrpo-ray run` needs a '{name}' section")
+    if cfg.eval is None:
+        report.notes.append("no eval section: `wrpo-ray run` trains and does not evaluate")
+
+
+def _check_standalone_trainers(cfg: WrpoConfig, report: ConfigReport) -> None:
+    """Without `run`, `wrpo-ray sft` / `train` read their own policy, data and output directory."""
+    if cfg.run is not None:
+        return
+    for name in ("sft", "train"):
+        section = getattr(cfg, name)
+        if section is None:
+            continue
+        for key in ("policy", "data", "output_dir"):
+            if getattr(section, key) is None:
+                report.errors.append(f"{name}.{key} is required for `wrpo-ray {name}`")
+        if section.data is not None and not Path(section.data).exists():
+            report.warnings.append(f"{name}.data: {section.data} does not exist yet (an earlier stage must "
+                                   "write it)")
+
+
+def _check_eval(cfg: WrpoConfig, report: ConfigReport) -> None:
+    if cfg.eval is None:
+        return
+    if cfg.run is None:
+        report.errors.extend(standalone_eval_errors(cfg.eval))
+    try:
+        _, warning = resolve_judge(cfg)
+    except ConfigError as e:
+        report.errors.append(str(e))
+        return
+    if warning:
+        report.warnings.append(warning)
+
+
+def _check_trainer_resources(cfg: WrpoConfig, report: ConfigReport) -> None:
+    for name in ("sft", "train"):
+        s = getattr(cfg, name)
+        if s is None:
+            continue
+        batch = s.num_workers * s.micro_batch_size * s.gradient_accumulation_steps
+        device = f"{s.num_workers} GPUs (one per worker)" if s.use_gpu else "no GPU"
+        report.notes.append(f"{name}: {s.num_workers} workers x {s.cpus_per_worker:g} CPUs, {device}; "
+                            f"effective batch {batch} = workers x micro batch {s.micro_batch_size} x "
+                            f"accumulation {s.gradient_accumulation_steps}")
+        if s.save_steps is not None and s.max_steps is not None and s.save_steps > s.max_steps:
+            report.warnings.append(f"{name}.save_steps {s.save_steps} > max_steps {s.max_steps}: "
+                                   "no checkpoint before the end")
+
+
+def _pools(cfg: WrpoConfig) -> list[tuple[str, PoolConfig, dict[str, Any]]]:
+    pools: list[tuple[str, PoolConfig, dict[str, Any]]] = []
+    if cfg.generate is not None:
+        pools += [(f"generate.sources.{i}", s.pool, s.engine_kwargs) for i, s in enumerate(cfg.generate.sources)]
+        if cfg.generate.reward.model is not None:
+            pools.append(("generate.reward.model", cfg.generate.reward.model.pool, {}))
+    if cfg.target is not None:
+        pools.append(("target", cfg.target.pool, cfg.target.engine_kwargs))
+    if cfg.eval is not None:
+        pools.append(("eval", cfg.eval.pool, cfg.eval.engine_kwargs))
+        if cfg.eval.judge is not None and cfg.eval.judge.model is not None:
+            pools.append(("eval.judge.model", cfg.eval.judge.model.pool, {}))
+    return pools
+
+
+def _check_pools(cfg: WrpoConfig, report: ConfigReport) -> None:
+    """Note what every pool asks for; warn when an actor reserves fewer GPUs than its engine's tensor-parallel
+    degree (Ray would schedule more engines on a node than it has GPUs for)."""
+    for where, pool, engine_kwargs in _pools(cfg):
+        tp = engine_kwargs.get("tensor_parallel_size", 1)
+        if pool.num_gpus > 0 and isinstance(tp, int) and tp > pool.num_gpus:
+            report.warnings.append(f"{where}: engine_kwargs.tensor_parallel_size {tp} uses {tp} GPUs per actor, "
+                                   f"pool.num_gpus reserves {pool.num_gpus:g}")
+        if pool.num_gpus > 0:
+            report.notes.append(f"{where}: {pool.concurrency} actor(s) x {pool.num_gpus:g} GPUs = "
+                                f"{pool.concurrency * pool.num_gpus:g} GPUs")
+
+
+def _check_loss(cfg: WrpoConfig, report: ConfigReport) -> None:
+    """Resolve the objective exactly as the training stage will (the paper's Table 6 values for unset ones)."""
+    if cfg.train is None:
+        return
+    from wrpo_ray.train.run import loss_config
+
+    try:
+        loss = loss_config(cfg.train)
+    except (ValueError, KeyError) as e:
+        report.errors.append(f"train.loss: {e}")
+        return
+    lr = cfg.train.learning_rate or PAPER_LR[loss.name]
+    keys = {"dpo": ("beta",), "ipo": ("tau",), "simpo": ("beta", "gamma")}[loss.kind]
+    keys += ("alpha",) if loss.objective == "wrpo" else ()
+    values = "  ".join(f"{k}={getattr(loss, k):g}" for k in keys)
+    report.notes.append(f"train.loss: {loss.name} ({loss.schedule}) {values}  lr={lr:g}")
 
 
 def resolve_model_path(path: str) -> str:

@@ -21,27 +21,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wrpo_ray.config import (
+    ConfigError,
     DataConfig,
     GenerateConfig,
     ModelConfig,
     PreferenceTrainConfig,
     SourceModelConfig,
     WrpoConfig,
+    missing_run_sections,
+    resolve_judge,
 )
 from wrpo_ray.data.io import fingerprint, write_json, write_table
-from wrpo_ray.data.schemas import QUARANTINE
+from wrpo_ray.data.schemas import PREFERENCE, QUARANTINE
 from wrpo_ray.train.preference_data import in_sft_split
 
 log = logging.getLogger(__name__)
-
-PREFERENCE = pa.schema([
-    ("prompt_id", pa.string()), ("prompt", pa.string()),
-    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-    ("y_ws", pa.string()), ("y_wt", pa.string()), ("y_l", pa.string()),
-    ("reward_ws", pa.float64()), ("reward_wt", pa.float64()), ("reward_l", pa.float64()),
-    ("source_model", pa.string()), ("metadata", pa.string()),
-])
-
 
 class StageRunner:
     """Runs named stages once per fingerprint, recording each stage's summary in `<dir>/stage.json`."""
@@ -124,13 +118,16 @@ def _baseline_train_config(train: PreferenceTrainConfig, pair: str) -> Preferenc
 
 
 def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
-    from wrpo_ray.eval.stage import run_eval
     from wrpo_ray.generate.pipeline import run_generate
     from wrpo_ray.train.run import run_training
 
-    for section in ("run", "generate", "target", "sft", "train"):
-        if getattr(cfg, section) is None:
-            raise ValueError(f"`wrpo-ray run` needs a '{section}' section")
+    missing = missing_run_sections(cfg)
+    if missing:
+        raise ConfigError("\n".join(f"`wrpo-ray run` needs a '{section}' section" for section in missing))
+    if cfg.eval is not None:
+        _, warning = resolve_judge(cfg)  # no judge at all fails here, before hours of generation and training
+        if warning:
+            log.warning("%s", warning)
     root = Path(cfg.run.output_dir).resolve()
     stage = StageRunner(root)
 
@@ -151,6 +148,7 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
         sources=[SourceModelConfig(**{**sft_model.model_dump(), "sampling": cfg.target.sampling})],
         reward=cfg.generate.reward,
         output_dir=str(root / "target"),
+        keep_truncated=cfg.generate.keep_truncated,
     )
 
     def target_stage() -> dict[str, Any]:
@@ -175,16 +173,27 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
         trained[label] = ModelConfig(**{**sft_model.model_dump(), "name": label, "path": summary["model_dir"]})
 
     if cfg.eval is not None:
-        eval_cfg = cfg.eval.model_copy(update={"models": list(trained.values()),
-                                               "output_dir": str(root / "eval")})
-        stage("eval", eval_cfg.model_dump(), lambda: run_eval(eval_cfg, cfg.eval.reward or cfg.generate.reward,
-                                                               metrics_files={
-                                                                   label: root / name / "metrics.jsonl"
-                                                                   for name, label, _ in runs}),
-              after=tuple(name for name, _, _ in runs))
+        metrics = {label: root / name / "metrics.jsonl" for name, label, _ in runs}
+        eval_stage(cfg, stage, list(trained.values()), metrics, after=tuple(name for name, _, _ in runs))
     summary = {"output_dir": str(root), "stages": stage.summaries, "seconds": stage.seconds}
     write_json(summary, root / "pipeline.json")
     return summary
+
+
+def eval_stage(cfg: WrpoConfig, stage: StageRunner, models: list[ModelConfig], metrics_files: dict[str, Path],
+               after: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The eval stage of a run: every trained model, the resolved judge and its warning, under `<root>/eval`.
+
+    The resolved judge is part of the stage's settings, so a different fallback judge re-runs it.
+    """
+    from wrpo_ray.eval.stage import run_eval
+
+    judge, warning = resolve_judge(cfg)
+    eval_cfg = cfg.eval.model_copy(update={"models": models, "output_dir": str(stage.root / "eval"),
+                                           "judge": judge})
+    return stage("eval", eval_cfg.model_dump(),
+                 lambda: run_eval(eval_cfg, judge, metrics_files=metrics_files, warning=warning),
+                 after=after)
 
 
 def _runtime_ratio(stages: dict[str, Any]) -> str | None:

@@ -54,6 +54,9 @@ def run(prompts_file, tmp_path_factory):
         "reward": {"model": {"name": "rm", "path": "toy://reward", "dtype": "float32",
                              "pool": {"concurrency": 1, "num_cpus": 0.5, "batch_size": 16}},
                    "max_length": 256},
+        # untrained models seldom stop before max_tokens: let their cut samples be selected here (the
+        # default, excluding them, is exercised by test_rerun_with_verifier_replaces_rows)
+        "keep_truncated": True,
     }}
     cfg = parse_config(raw).generate
     result = run_generate(cfg)
@@ -120,6 +123,9 @@ def test_summary_counts_and_win_shares(run):
     assert s["samples"]["quarantined"] == 1
     assert math.isclose(sum(s["win_shares"].values()), 1.0)
     assert s["tokens"]["generated"] > 0 and s["tokens"]["tokens_per_s"] > 0
+    samples = _read(result.output_dir, "samples")
+    assert s["samples"]["truncated"] == sum(x["finish_reason"] == "length" for x in samples) > 0
+    assert s["samples"]["truncated_selectable"] is True
 
 
 def test_interrupted_stage_resumes_from_committed_batches(run):
@@ -162,10 +168,18 @@ def test_rerun_with_verifier_replaces_rows(run, prompts_file):
     samples = _read(first.output_dir, "samples")
     selections = _read(first.output_dir, "selections")
     assert len(samples) == 16 * K  # "long" has no answer: the verifier's KeyError is quarantined
-    assert len(selections) == 16
     assert all(0.0 <= s["reward"] <= 1.0 for s in samples)
     q = _read(first.output_dir, "quarantine")
     assert sum(r["reason"].startswith("verifier_failed: KeyError") for r in q) == K
-    assert sum(r["reason"].startswith("no_scored_samples") for r in q) == 1
+    # by default a sample cut at max_tokens is never selected: it is quarantined, counted, and its prompt
+    # keeps a selection only if another of its samples stopped by itself
+    truncated = [s for s in samples if s["finish_reason"] == "length"]
+    assert sum(r["reason"].startswith("truncated_sample") for r in q) == len(truncated)
+    stopped = {s["prompt_id"] for s in samples if s["finish_reason"] != "length"}
+    assert {s["prompt_id"] for s in selections} == stopped
+    assert all(s["y_ws"] in {x["response"] for x in samples if x["finish_reason"] == "stop"} for s in selections)
+    assert sum(r["reason"].startswith("no_selectable_samples") for r in q) == 17 - len(stopped)
+    summary = json.loads((first.output_dir / "summary.json").read_text())
+    assert summary["samples"]["truncated"] == len(truncated) and summary["samples"]["truncated_selectable"] is False
     files = sorted(p.name for p in (first.output_dir / "samples").iterdir())
     assert all(f.startswith("part-") for f in files)

@@ -101,7 +101,9 @@ def _pipeline_config(tmp_path: Path) -> Path:
         "run": {"output_dir": str(tmp_path / "out")},
         "generate": {"output_dir": str(tmp_path / "unused"), "data": {"prompts": str(prompts)},
                      "sources": [{"name": "llama-src", "path": "toy://llama", **_engine(2)}],
-                     "reward": {"verifier": "wrpo_ray.toy.task:verify"}},
+                     "reward": {"verifier": "wrpo_ray.toy.task:verify"},
+                     # untrained models seldom stop before max_tokens; their cut samples must stay selectable
+                     "keep_truncated": True},
         "target": {"name": "target", "path": "toy://target", **_engine(3)},
         "sft": trainer,
         "train": {**trainer, "loss": {"beta": 0.5, "alpha": 0.5}},

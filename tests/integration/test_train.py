@@ -46,14 +46,22 @@ def _cfg(data_file: Path, out: Path, **extra):
     }}).train
 
 
+EPOCHS = 3
+STEPS_PER_EPOCH = ROWS // 4
+STOP_AT = STEPS_PER_EPOCH + 2  # inside the second epoch
+
+
 @pytest.fixture(scope="module")
 def trained(data_file, tmp_path_factory):
+    """A 3-epoch run stopped inside epoch 2 and resumed, and the same run uninterrupted."""
     from wrpo_ray.train.run import run_training
 
     out = tmp_path_factory.mktemp("wrpo")
-    first = run_training(_cfg(data_file, out, max_steps=2), "preference")
-    second = run_training(_cfg(data_file, out), "preference")
-    return out, first, second
+    first = run_training(_cfg(data_file, out, epochs=EPOCHS, max_steps=STOP_AT), "preference")
+    second = run_training(_cfg(data_file, out, epochs=EPOCHS), "preference")
+    straight = tmp_path_factory.mktemp("wrpo-straight")
+    run_training(_cfg(data_file, straight, epochs=EPOCHS, save_steps=None), "preference")
+    return out, first, second, straight
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -61,19 +69,21 @@ def _metrics(out: Path) -> list[dict]:
 
 
 def test_counts_and_quarantine(trained):
-    out, first, second = trained
+    out, first, second, _ = trained
     assert second["rows"] == {"in": ROWS + 2, "outside_split": 0, "examples": ROWS, "trained": ROWS, "quarantined": 2,
                               "unused_per_epoch": 0}
     assert second["reference"] == "precomputed column"
-    assert second["steps"] == {"total": ROWS // 4, "completed": ROWS // 4, "per_epoch": ROWS // 4}
+    total = EPOCHS * STEPS_PER_EPOCH
+    assert second["steps"] == {"total": total, "completed": total, "per_epoch": STEPS_PER_EPOCH}
 
 
 def test_stop_and_resume_continue_at_same_step_and_alpha(trained):
-    out, first, second = trained
-    assert first["steps"]["completed"] == 2
+    out, first, second, _ = trained
+    assert first["steps"]["completed"] == STOP_AT
     metrics = _metrics(out)
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    total = ROWS // 4
+    total = EPOCHS * STEPS_PER_EPOCH
+    assert [m["step"] for m in metrics] == list(range(1, total + 1))
+    assert [m["epoch"] for m in metrics] == [(s - 1) // STEPS_PER_EPOCH for s in range(1, total + 1)]
     for m in metrics:
         assert m["alpha"] == pytest.approx(alpha_at(m["step"] - 1, total, ALPHA))
     for key in ("rewards/source", "rewards/target", "rewards/rejected", "rewards/margins",
@@ -81,22 +91,40 @@ def test_stop_and_resume_continue_at_same_step_and_alpha(trained):
         assert key in metrics[-1]
 
 
+def test_resumed_run_matches_an_uninterrupted_one_step_for_step(trained):
+    """Stopped inside epoch 2 and resumed: the same rows, in the same shuffled order, the same losses."""
+    out, _, _, straight = trained
+    resumed, uninterrupted = _metrics(out), _metrics(straight)
+    assert [m["step"] for m in resumed] == [m["step"] for m in uninterrupted]
+    for a, b in zip(resumed, uninterrupted, strict=True):
+        for key in ("loss", "rewards/margins", "logps/source", "logps/rejected"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+
+
+def test_policy_equals_reference_at_the_first_step(trained):
+    """The reference column is computed in the policy's dtype on what a worker gets: |pi - pi_ref| ~ 0 at step 1."""
+    out, _, _, _ = trained
+    metrics = _metrics(out)
+    assert metrics[0]["logps/ref_abs_diff"] < 1e-4
+    assert metrics[-1]["logps/ref_abs_diff"] > 1e-3
+
+
 def test_training_lowers_the_loss_on_its_data(trained):
     """WRPO loss over the whole dataset: policy == reference gives log 2; after training it is lower."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from wrpo_ray.train.batching import collate, tokenize_example
+    from wrpo_ray.train.batching import collate, padding_id, tokenize_example
     from wrpo_ray.train.losses import LossConfig, PreferenceLogps, wrpo_loss
     from wrpo_ray.train.policy import SequenceLogprobs
 
-    out, _, second = trained
+    out, _, second, _ = trained
     tok = AutoTokenizer.from_pretrained(second["model_dir"])
     encs = []
     for r in _preference_rows():
         enc, _, _ = tokenize_example(tok, [{"role": "user", "content": r["prompt"]}],
                                      [r["y_ws"], r["y_wt"], r["y_l"]], max_length=64, max_prompt_length=32)
         encs.append(enc)
-    batch = collate(encs, tok.pad_token_id)
+    batch = collate(encs, padding_id(tok))
 
     def logps(path):
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -114,7 +142,7 @@ def test_training_lowers_the_loss_on_its_data(trained):
 
 
 def test_saved_model_loads_and_generates_with_vllm(trained):
-    _, _, second = trained
+    _, _, second, _ = trained
     model_dir = Path(second["model_dir"])
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer_config.json").is_file()
     script = textwrap.dedent(f"""

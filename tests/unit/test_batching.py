@@ -10,6 +10,7 @@ from wrpo_ray.train.batching import (
     IGNORE_INDEX,
     collate,
     next_token_targets,
+    padding_id,
     per_token_targets,
     sequence_logps_naive,
     tokenize_example,
@@ -17,7 +18,12 @@ from wrpo_ray.train.batching import (
 
 MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 12 plus 7?"}]
 RESPONSES = ["The answer is 19.", "12 + 7 = 19", "It is 21, I think."]
-END_OF_TURN = {"target": "<|im_end|>\n", "mistral": "</s>", "llama": "<|eot_id|>"}
+END_OF_TURN = {"qwen2": "<|im_end|>\n", "mistral": "</s>", "target": "<|eot_id|>", "gemma2": "<end_of_turn>\n"}
+NO_SYSTEM_ROLE = {"mistral", "gemma2"}
+
+
+def _messages(name):
+    return MESSAGES[1:] if name in NO_SYSTEM_ROLE else MESSAGES
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +43,11 @@ def _encode(tokenizer, messages=MESSAGES, responses=RESPONSES, **kw):
 @pytest.mark.parametrize("name", list(END_OF_TURN))
 def test_labels_mask_exactly_the_prompt(tokenizers, name):
     tok = tokenizers[name]
-    encoded, reason, stats = _encode(tok)
+    messages = _messages(name)
+    encoded, reason, stats = _encode(tok, messages=messages)
     assert reason is None
     assert stats == {"prompt_truncated": False, "response_truncated": 0, "template_fallback": 0}
-    prompt_text = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
     assert len(encoded["input_ids"]) == len(encoded["labels"]) == 3
     for ids, labels, n, response in zip(
@@ -52,7 +59,7 @@ def test_labels_mask_exactly_the_prompt(tokenizers, name):
         assert labels[n_prompt:] == ids[n_prompt:]
         assert IGNORE_INDEX not in labels[n_prompt:]
         assert _decode(tok, ids[n_prompt:]) == response + END_OF_TURN[name]
-        full = tok.apply_chat_template([*MESSAGES, {"role": "assistant", "content": response}], tokenize=False)
+        full = tok.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False)
         assert _decode(tok, ids) == full
 
 
@@ -110,7 +117,7 @@ def test_collate_shapes_order_and_padding(tokenizers):
     a, _, _ = _encode(tok)
     b, _, _ = _encode(tok, messages=[{"role": "user", "content": "Hi"}], responses=["Hello!", "Yo", "Go away."])
     a["ref_logps"], b["ref_logps"] = [-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]
-    batch = collate([a, b], pad_token_id=tok.pad_token_id, pad_to_multiple_of=8)
+    batch = collate([a, b], pad_token_id=padding_id(tok), pad_to_multiple_of=8)
     sequences = a["input_ids"] + b["input_ids"]
     width = max(len(s) for s in sequences)
     assert batch["input_ids"].shape == (6, math.ceil(width / 8) * 8)
@@ -120,7 +127,7 @@ def test_collate_shapes_order_and_padding(tokenizers):
         n = len(ids)
         assert batch["input_ids"][i, :n].tolist() == ids
         assert batch["labels"][i, :n].tolist() == labels
-        assert (batch["input_ids"][i, n:] == tok.pad_token_id).all()
+        assert (batch["input_ids"][i, n:] == padding_id(tok)).all()
         assert (batch["labels"][i, n:] == IGNORE_INDEX).all()
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
     assert batch["num_response_tokens"].dtype == torch.float32
@@ -131,8 +138,8 @@ def test_collate_shapes_order_and_padding(tokenizers):
     assert torch.equal(counts, batch["num_response_tokens"])
 
     del b["ref_logps"]
-    assert "ref_logps" not in collate([a, b], pad_token_id=tok.pad_token_id)
-    assert collate([a], pad_token_id=tok.pad_token_id)["input_ids"].shape[1] == max(len(s) for s in a["input_ids"])
+    assert "ref_logps" not in collate([a, b], pad_token_id=padding_id(tok))
+    assert collate([a], pad_token_id=padding_id(tok))["input_ids"].shape[1] == max(len(s) for s in a["input_ids"])
 
 
 def test_collate_rejects_mixed_response_counts(tokenizers):
@@ -170,7 +177,7 @@ def test_naive_logps_by_hand():
 def test_naive_logps_on_a_collated_batch(tokenizers):
     tok = tokenizers["target"]
     a, _, _ = _encode(tok)
-    batch = collate([a], pad_token_id=tok.pad_token_id)
+    batch = collate([a], pad_token_id=padding_id(tok))
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(*batch["input_ids"].shape, len(tok), generator=gen, dtype=torch.float64)
     out = sequence_logps_naive(logits, batch["labels"])
@@ -181,7 +188,26 @@ def test_naive_logps_on_a_collated_batch(tokenizers):
                 expected += torch.log_softmax(logits[s, t - 1], -1)[batch["labels"][s, t]].item()
         assert out[s].item() == pytest.approx(expected, abs=1e-9)
     # Padding never contributes: extra pad columns leave the sums unchanged.
-    padded = collate([a], pad_token_id=tok.pad_token_id, pad_to_multiple_of=64)
+    padded = collate([a], pad_token_id=padding_id(tok), pad_to_multiple_of=64)
     wide = torch.randn(*padded["input_ids"].shape, len(tok), generator=gen, dtype=torch.float64)
     wide[:, : logits.shape[1]] = logits
     assert torch.allclose(sequence_logps_naive(wide, padded["labels"]), out)
+
+
+@pytest.mark.parametrize("name", sorted(NO_SYSTEM_ROLE))
+def test_a_template_that_refuses_a_system_turn_is_a_row_error(tokenizers, name):
+    encoded, reason, _ = _encode(tokenizers[name])
+    assert encoded is None
+    assert reason.startswith("chat_template_error:")
+
+
+def test_pad_fallback_for_tokenizers_without_a_pad_token(tokenizers):
+    """Llama-3 and Mistral have no pad token: padding uses EOS (masked), and collate refuses None."""
+    for name in ("target", "mistral"):
+        tok = tokenizers[name]
+        assert tok.pad_token_id is None
+        assert padding_id(tok) == tok.eos_token_id
+    assert padding_id(tokenizers["qwen2"]) == tokenizers["qwen2"].pad_token_id
+    a, _, _ = _encode(tokenizers["target"])
+    with pytest.raises(TypeError, match="padding_id"):
+        collate([a], pad_token_id=None)

@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wrpo_ray.toy.build import toy_model_path
-from wrpo_ray.train.batching import collate, tokenize_example
-from wrpo_ray.train.policy import SequenceLogprobs, shifted_targets
+from wrpo_ray.train.batching import collate, padding_id, tokenize_example
+from wrpo_ray.train.policy import SequenceLogprobs, resolve_dtype
 from wrpo_ray.train.stages import ReferenceLogps
 
 MESSAGES = [{"role": "user", "content": "Reverse the letters: abc"}]
@@ -20,12 +20,13 @@ def setup(request):
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     enc, reason, _ = tokenize_example(tok, MESSAGES, RESPONSES, max_length=64, max_prompt_length=32)
     assert reason is None
-    return path, lm, collate([enc, enc], tok.pad_token_id)
+    return path, lm, collate([enc, enc], padding_id(tok))
 
 
 def naive_sequence_logps(lm, batch):
     logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
-    targets = shifted_targets(batch["labels"])
+    targets = torch.full_like(batch["labels"], -100)
+    targets[:, :-1] = batch["labels"][:, 1:]
     mask = targets != -100
     logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logp * mask).sum(1)
@@ -70,3 +71,19 @@ def test_precomputed_reference_equals_frozen_reference(setup):
         frozen, _ = SequenceLogprobs(lm).eval()(batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert column.shape == (2, 3)
     assert torch.allclose(column.float(), frozen.view(2, 3), rtol=1e-6, atol=1e-5)
+
+
+def test_dtype_setting_is_honoured():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_dtype("float32", gpu) == torch.float32
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    assert resolve_dtype("float16", cpu) == torch.float16
+    assert resolve_dtype("auto", cpu) == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int8", cpu)
+
+
+def test_reference_stage_uses_the_configured_dtype(setup):
+    path, _, _ = setup
+    assert ReferenceLogps(path, dtype="bfloat16").model.lm.dtype == torch.bfloat16
+    assert ReferenceLogps(path, dtype="float32").model.lm.dtype == torch.float32

@@ -94,7 +94,7 @@ def test_registry_skills():
         assert spec.hidden_size // spec.num_heads == 64
     for name in ("llama", "qwen2", "mistral", "gemma2", "target", "reward"):
         assert TOY_MODELS[name].train_steps == 0
-        assert model_dir_name(name, TOY_MODELS[name]) == f"{name}-v1"
+        assert model_dir_name(name, TOY_MODELS[name]).startswith(f"{name}-v")
 
 
 def test_demo_data_files_are_the_committed_ones(tmp_path):

@@ -1,4 +1,5 @@
-"""Prompt input: JSONL, Parquet or a `datasets` directory, validated row by row.
+"""Prompt input: JSONL, Parquet or a `datasets` directory (one Dataset, or a DatasetDict and a split), validated
+row by row.
 
 Valid rows become `{prompt_id, prompt, messages, metadata}`. Every other row goes to quarantine with a
 reason, never silently dropped.
@@ -58,14 +59,31 @@ def _iter_table_rows(rows: Iterator[dict[str, Any]]) -> Iterator[tuple[int, dict
         yield i, row, None, json.dumps(row, default=str)[:2000]
 
 
-def iter_input_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
-        import datasets
+def _is_saved_dataset(path: Path) -> bool:
+    """A directory written by `datasets`' `save_to_disk`: one Dataset, or a DatasetDict of splits."""
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    return path.is_dir() and any((path / m).exists() for m in markers)
 
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            raise InputError(f"{path}: a DatasetDict; point data.prompts at one split directory")
-        return _iter_table_rows(iter(ds))
+
+def _load_split(path: Path, split: str) -> Any:
+    """The Dataset saved at `path`; of a DatasetDict (the paper's released data), its split `split`."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if not isinstance(ds, datasets.DatasetDict):
+        return ds
+    if split not in ds:
+        raise InputError(f"{path}: a DatasetDict without a split {split!r}; available splits: {sorted(ds)}")
+    return ds[split]
+
+
+def iter_input_rows(path: Path, split: str = "train") -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
+    """`(row_index, row or None, error or None, raw text)` for every row of a prompt or preference input.
+
+    `split` picks the split of a saved DatasetDict and is ignored by every other input.
+    """
+    if _is_saved_dataset(path):
+        return _iter_table_rows(iter(_load_split(path, split)))
     if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
         import pyarrow.parquet as pq
 
@@ -95,6 +113,8 @@ def _messages_of(row: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str 
         return out, None
     if "prompt" not in row or row["prompt"] is None:
         return None, "missing_prompt: no 'prompt' or 'messages' field"
+    if isinstance(row["prompt"], dict):
+        return _messages_of({"messages": [row["prompt"]]})
     if not isinstance(row["prompt"], str):
         return None, f"non_text_prompt: prompt is {type(row['prompt']).__name__}"
     if not row["prompt"].strip():
@@ -154,12 +174,18 @@ def validate_rows(
     return batch
 
 
-def read_prompts(path: str | Path, *, max_prompt_chars: int, strict: bool = False) -> PromptBatch:
-    """Read and validate prompts; with `strict`, any bad row raises `InputError` listing the first few."""
+def read_prompts(
+    path: str | Path, *, max_prompt_chars: int, strict: bool = False, split: str = "train"
+) -> PromptBatch:
+    """Read and validate prompts; with `strict`, any bad row raises `InputError` listing the first few.
+
+    A prompt given as one message (`{"role": "user", "content": ...}`, as in the paper's released data) is a
+    one-turn chat; `split` picks the split of a saved DatasetDict.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"prompt input {path} does not exist")
-    batch = validate_rows(iter_input_rows(path), source=str(path), max_prompt_chars=max_prompt_chars)
+    batch = validate_rows(iter_input_rows(path, split), source=str(path), max_prompt_chars=max_prompt_chars)
     if strict and batch.quarantined:
         head = "; ".join(f"row {q['row_index']}: {q['reason']}" for q in batch.quarantined[:5])
         raise InputError(f"{len(batch.quarantined)} bad prompt rows in {path} (strict mode): {head}")

@@ -54,3 +54,24 @@ QUARANTINE = pa.schema([
     ("reason", pa.string()),
     ("raw", pa.string()),
 ])
+
+PREFERENCE = pa.schema([
+    ("prompt_id", pa.string()), ("prompt", pa.string()), ("messages", MESSAGES),
+    ("y_ws", pa.string()), ("y_wt", pa.string()), ("y_l", pa.string()),
+    ("reward_ws", pa.float64()), ("reward_wt", pa.float64()), ("reward_l", pa.float64()),
+    ("source_model", pa.string()), ("metadata", pa.string()),
+])
+"""Preference quadruples (x, y_ws, y_wt, y_l) that the pipeline builds for WRPO."""
+
+TOKENIZED = pa.schema([
+    ("row", pa.int64()),
+    ("prompt_id", pa.string()),
+    ("input_ids", pa.list_(pa.list_(pa.int32()))),
+    ("labels", pa.list_(pa.list_(pa.int32()))),
+    ("num_response_tokens", pa.list_(pa.int32())),
+    ("ref_logps", pa.list_(pa.float64())),
+    ("prompt_truncated", pa.bool_()),
+    ("responses_truncated", pa.int32()),
+    ("error", pa.string()),
+])
+"""Training rows after the chat template: one sequence per response; `row` is the example's input order."""

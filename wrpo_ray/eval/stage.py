@@ -29,7 +29,10 @@ def records_from_samples(samples: list[dict[str, Any]]) -> dict[str, list[dict[s
     return records
 
 
-def run_eval(cfg: EvalConfig, judge: RewardConfig, metrics_files: dict[str, Path] | None = None) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, judge: RewardConfig, metrics_files: dict[str, Path] | None = None,
+             warning: str | None = None) -> dict[str, Any]:
+    """Generate with every model, score with `judge`, and write the report; `warning` (the judge's, from
+    `config.resolve_judge`) heads the table and is kept in `summary.json` as `judge_warning`."""
     from wrpo_ray.generate.pipeline import run_generate
 
     out = Path(cfg.output_dir)
@@ -40,11 +43,20 @@ def run_eval(cfg: EvalConfig, judge: RewardConfig, metrics_files: dict[str, Path
                          sources=models, reward=judge, output_dir=str(out / "generations"))
     generated = run_generate(gen)
     samples = pq.read_table(str(out / "generations" / "samples")).to_pylist()
+    return write_report(cfg, samples, generated.summary, metrics_files, warning)
+
+
+def write_report(cfg: EvalConfig, samples: list[dict[str, Any]], generation: dict[str, Any],
+                 metrics_files: dict[str, Path] | None = None, warning: str | None = None) -> dict[str, Any]:
+    """Win rates of the judged samples against the baseline: `results.md`, plots and `summary.json`."""
+    out = Path(cfg.output_dir)
     reports = build_report(records_from_samples(samples), cfg.baseline, n_resamples=cfg.bootstrap_resamples,
                            seed=cfg.seed)
     ordered = [reports[m.name] for m in cfg.models if m.name in reports]
-    table = format_results_table(ordered, cfg.baseline)
-    (out / "results.md").write_text(format_results_markdown(ordered, cfg.baseline) + "\n")
+    head = f"WARNING: {warning}\n" if warning else ""
+    table = head + format_results_table(ordered, cfg.baseline)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(head + format_results_markdown(ordered, cfg.baseline) + "\n")
     plots = []
     for label, path in (metrics_files or {}).items():
         if Path(path).is_file():
@@ -52,9 +64,10 @@ def run_eval(cfg: EvalConfig, judge: RewardConfig, metrics_files: dict[str, Path
     summary = {
         "table": table,
         "baseline": cfg.baseline,
+        "judge_warning": warning,
         "reports": {r.model: r.to_dict() for r in ordered},
         "plots": plots,
-        "generation": generated.summary,
+        "generation": generation,
     }
     write_json(summary, out / "summary.json")
     return summary

@@ -15,6 +15,26 @@ import pyarrow as pa
 from wrpo_ray.data.schemas import GENERATED
 
 
+def prompt_token_ids(
+    tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None = None
+) -> tuple[list[int], str | None]:
+    """The generation prompt's token ids with the model's chat template, or a per-row error.
+
+    The rendered template already holds every special token it needs (Llama-3's writes
+    `<|begin_of_text|>`), so the text is encoded without adding them again. A template that refuses the
+    conversation (Mistral's and Gemma-2's raise on a system turn) is this row's error, not the batch's.
+    """
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, chat_template=chat_template
+        )
+    except TemplateError as e:
+        return [], f"chat_template_error: {e}"
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]), None
+
+
 class VLLMGenerator:
     """Generates `sampling.n` responses per prompt with one vLLM engine."""
 
@@ -39,11 +59,6 @@ class VLLMGenerator:
         )
         self.max_prompt_tokens = self.llm.llm_engine.model_config.max_model_len - s["max_tokens"]
 
-    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, chat_template=self.chat_template
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm.inputs import TokensPrompt
@@ -52,7 +67,10 @@ class VLLMGenerator:
         out: list[dict[str, Any]] = []
         requests, owners = [], []
         for row in rows:
-            ids = self._prompt_ids(row["messages"])
+            ids, error = prompt_token_ids(self.tokenizer, row["messages"], self.chat_template)
+            if error is not None:
+                out.append(self._row(row, 0, None, 0, 0, None, error, 0.0))
+                continue
             if len(ids) > self.max_prompt_tokens:
                 out.append(self._row(row, 0, None, 0, len(ids), None,
                                      f"prompt_too_long_for_model: {len(ids)} tokens > {self.max_prompt_tokens}", 0.0))

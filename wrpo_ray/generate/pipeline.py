@@ -79,9 +79,14 @@ def score(samples: Any, cfg: GenerateConfig) -> Any:
     )
 
 
-def select_group(group: pa.Table) -> pa.Table:
-    """`map_groups` function: the y_ws row of one prompt's scored samples."""
-    samples = group.select(["model", "sample_idx", "reward", "response", "num_tokens"]).to_pylist()
+def select_group(group: pa.Table, keep_truncated: bool = False) -> pa.Table:
+    """`map_groups` function: the y_ws row of one prompt's scored samples.
+
+    Samples that stopped at `max_tokens` (finish_reason "length") are not candidates unless `keep_truncated`.
+    """
+    samples = group.select(["model", "sample_idx", "reward", "response", "num_tokens", "finish_reason"]).to_pylist()
+    if not keep_truncated:
+        samples = [s for s in samples if not is_truncated(s)]
     ranked = rank(samples)
     if not ranked:
         return pa.Table.from_pylist([], schema=SELECTIONS)
@@ -98,6 +103,10 @@ def select_group(group: pa.Table) -> pa.Table:
         "rewards_by_model": json.dumps(by_model, sort_keys=True),
         "y_worst": worst["response"], "reward_worst": float(worst["reward"]), "worst_model": worst["model"],
     }], schema=SELECTIONS)
+
+
+def is_truncated(sample: dict[str, Any]) -> bool:
+    return sample.get("finish_reason") == "length"
 
 
 def _split_errors(batch: pa.Table, keep_errors: bool) -> pa.Table:
@@ -160,16 +169,23 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     write_dataset(good, out / "samples")
 
     selections = good.groupby("prompt_id", num_partitions=_partitions(good.count())).map_groups(
-        select_group, batch_format="pyarrow").materialize()
+        select_group, fn_kwargs={"keep_truncated": cfg.keep_truncated}, batch_format="pyarrow").materialize()
     write_dataset(selections, out / "selections")
 
-    stats = good.select_columns(["prompt_id", "model", "num_tokens"]).to_pandas()
+    stats = good.select_columns(["prompt_id", "model", "sample_idx", "num_tokens", "finish_reason"]).to_pandas()
+    truncated = stats[stats["finish_reason"] == "length"]
+    if not cfg.keep_truncated:
+        quarantine += _quarantine_rows([
+            {"prompt_id": r.prompt_id, "model": r.model, "sample_idx": int(r.sample_idx),
+             "reason": f"truncated_sample: stopped at max_tokens ({int(r.num_tokens)} tokens), not selectable"}
+            for r in truncated.itertuples()], "select")
     winners = selections.select_columns(["prompt_id", "source_model"]).to_pandas()
     selected_ids = set(winners["prompt_id"])
     for row in batch.valid:
         if row["prompt_id"] not in selected_ids:
             quarantine.append(_quarantine_rows([{
-                "prompt_id": row["prompt_id"], "reason": "no_scored_samples: every sample failed",
+                "prompt_id": row["prompt_id"], "reason": "no_selectable_samples: every sample failed"
+                + ("" if cfg.keep_truncated else " or was truncated"),
             }], "select")[0])
     write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE), out / "quarantine",
                 sort_by=["stage", "prompt_id"])
@@ -182,7 +198,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                     "quarantined": batch.rows_in - len(batch.valid) + (len(batch.valid) - len(selected_ids))},
         "samples": {
             "expected": len(batch.valid) * sum(s.sampling.n for s in cfg.sources),
-            "out": len(stats), "quarantined": len(bad_rows),
+            "out": len(stats), "quarantined": len(bad_rows), "truncated": len(truncated),
+            "truncated_selectable": cfg.keep_truncated,
             "per_source": {m: int((stats["model"] == m).sum()) for m in names},
         },
         "tokens": {"generated": all_tokens, "seconds": round(gen_seconds, 2),
@@ -231,7 +248,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     r = summary.get("resume", {"pairs_reused": 0})
     lines = [
         f"prompts   in {p['in']}  valid {p['valid']}  out {p['out']}  quarantined {p['quarantined']}",
-        f"samples   expected {s['expected']}  out {s['out']}  quarantined {s['quarantined']}",
+        f"samples   expected {s['expected']}  out {s['out']}  quarantined {s['quarantined']}  "
+        f"truncated {s.get('truncated', 0)} ({'selectable' if s.get('truncated_selectable') else 'not selectable'})",
         f"tokens    {t['generated']} generated in {t['seconds']} s ({t['tokens_per_s']} tokens/s, "
         "generation + scoring)" if t["tokens_per_s"] is not None else
         f"tokens    {t['generated']} in all; this attempt took {t['seconds']} s",

@@ -28,6 +28,34 @@ def _torch_dtype(name: str):
             "float16": torch.float16}[name]
 
 
+def scoring_pad_id(tokenizer: Any, sequences: list[list[int]]) -> int:
+    """A pad id for a batch of reward-model inputs that no sequence ends with.
+
+    A sequence classifier reads the score at the rightmost token that is not the pad id. Reward models
+    built on Llama-3 have no pad token, and padding with EOS would make the model score the token before a
+    final EOS. With left padding and an id that no sequence ends with, the score is read at each sequence's
+    true last token: the tokenizer's pad id when that holds, else the smallest id that does.
+    """
+    last = {seq[-1] for seq in sequences if seq}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in last:
+        return int(tokenizer.pad_token_id)
+    return next(i for i in range(len(last) + 1) if i not in last)
+
+
+def left_padded(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:
+    """`input_ids`, `attention_mask` and `position_ids` (counting from each sequence's first real token)."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if seq:
+            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq):] = 1
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+
 class RewardModelScorer:
     """A sequence classifier with one label; its raw logit is the reward."""
 
@@ -38,7 +66,6 @@ class RewardModelScorer:
         torch.set_num_threads(1)
         trc = model.get("trust_remote_code", False)
         self.tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trc)
-        self.tokenizer.truncation_side = "left"
         self.model = AutoModelForSequenceClassification.from_pretrained(
             local_path, dtype=_torch_dtype(model.get("dtype", "auto")), trust_remote_code=trc
         ).eval()
@@ -70,10 +97,13 @@ class RewardModelScorer:
         todo = [i for i, r in enumerate(rows) if r["error"] is None]
         if todo:
             texts = [self._text(rows[i]["messages"], rows[i]["response"]) for i in todo]
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                 add_special_tokens=False, return_tensors="pt")
+            ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"][-self.max_length:] for t in texts]
+            pad_id = scoring_pad_id(self.tokenizer, ids)
+            enc = left_padded(ids, pad_id)
+            self.model.config.pad_token_id = pad_id
             with torch.inference_mode():
-                logits = self._scores(self.model(**enc)).float().tolist()
+                logits = self._scores(self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                                 position_ids=enc["position_ids"])).float().tolist()
             for i, v in zip(todo, logits, strict=True):
                 if math.isfinite(v):
                     rewards[i] = v

@@ -20,17 +20,18 @@ from wrpo_ray.toy.registry import TOY_MODELS, ToyModelSpec
 from wrpo_ray.toy.task import corpus
 
 DEFAULT_TOY_DIR = Path(os.environ.get("WRPO_RAY_TOY_DIR", Path.home() / ".cache" / "wrpo-ray" / "toy"))
-_BUILD_VERSION = "1"
+_BUILD_VERSION = "2"
+"""Version of the untrained models' recipe (tokenizer conventions, config): part of every cache key."""
 _TRAIN_VERSION = "2"
 """Version of the fine-tuning of the skilled models (`wrpo_ray.toy.skills`), part of their cache key."""
 
 
 def build_tokenizer(spec: ToyModelSpec):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     style = spec.style
-    specials = list(dict.fromkeys([style.bos, style.eos, style.pad, *style.extra]))
+    specials = list(dict.fromkeys(t for t in [style.bos, style.eos, style.pad, *style.extra] if t is not None))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -41,6 +42,11 @@ def build_tokenizer(spec: ToyModelSpec):
         show_progress=False,
     )
     tok.train_from_iterator(corpus(seed=spec.seed), trainer=trainer)
+    if style.add_bos_on_encode:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{style.bos} $A", pair=f"{style.bos} $A {style.bos} $B",
+            special_tokens=[(style.bos, tok.token_to_id(style.bos))],
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=style.bos,
@@ -123,12 +129,9 @@ def build_model(spec: ToyModelSpec, out_dir: str | Path) -> Path:
 
 
 def model_dir_name(name: str, spec: ToyModelSpec) -> str:
-    """Cache directory name; a trained model's carries a digest of its spec and training version: retuning rebuilds."""
-    base = f"{name}-v{_BUILD_VERSION}"
-    if spec.train_steps <= 0:
-        return base
-    key = f"{_TRAIN_VERSION}:{spec!r}"
-    return f"{base}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    """Cache directory name with a digest of the spec and the build (and training) versions: any change rebuilds."""
+    key = f"{_BUILD_VERSION}:{spec!r}" if spec.train_steps <= 0 else f"{_BUILD_VERSION}:{_TRAIN_VERSION}:{spec!r}"
+    return f"{name}-v{_BUILD_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 @contextlib.contextmanager

@@ -10,25 +10,34 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ChatStyle:
-    """Special tokens and the Jinja chat template of one tokenizer family."""
+    """Special tokens, Jinja chat template and tokenizer quirks of one real model family.
+
+    The tiny models copy the conventions that trip up real runs: no pad token (Llama-3, Mistral), a
+    tokenizer that adds BOS itself while the template also writes it (Llama-3), templates that raise on
+    a system turn (Mistral, Gemma-2) or trim message text (Llama-3, Gemma-2).
+    """
 
     bos: str
     eos: str
-    pad: str
+    pad: str | None
     extra: tuple[str, ...]
     template: str
+    add_bos_on_encode: bool = False
+    """The tokenizer's post-processor prepends BOS when `add_special_tokens=True` (Llama-3's does)."""
 
 
 LLAMA_STYLE = ChatStyle(
     bos="<|begin_of_text|>",
     eos="<|eot_id|>",
-    pad="<|pad|>",
+    pad=None,
     extra=("<|start_header_id|>", "<|end_header_id|>"),
     template=(
-        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-        "{{ m['content'] }}<|eot_id|>{% endfor %}"
-        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+        "{% for m in messages %}{% set content = '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
+        " + m['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+        "{% endif %}{{ content }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
     ),
+    add_bos_on_encode=True,
 )
 CHATML_STYLE = ChatStyle(
     bos="<|endoftext|>",
@@ -43,11 +52,15 @@ CHATML_STYLE = ChatStyle(
 MISTRAL_STYLE = ChatStyle(
     bos="<s>",
     eos="</s>",
-    pad="<pad>",
+    pad=None,
     extra=("[INST]", "[/INST]"),
     template=(
-        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-        "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}"
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
     ),
 )
 GEMMA_STYLE = ChatStyle(
@@ -56,15 +69,18 @@ GEMMA_STYLE = ChatStyle(
     pad="<pad>",
     extra=("<start_of_turn>",),
     template=(
-        "{{ bos_token }}{% for m in messages %}<start_of_turn>"
-        "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
-        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] | trim }}"
+        "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
     ),
 )
+# like a reward model built on Llama-3 (ArmoRM): no pad token, so batched scoring must bring its own
 REWARD_STYLE = ChatStyle(
     bos="[BOS]",
     eos="[EOS]",
-    pad="[PAD]",
+    pad=None,
     extra=("[USER]", "[ASSISTANT]"),
     template=(
         "{{ bos_token }}{% for m in messages %}{{ '[USER]' if m['role'] == 'user' else '[ASSISTANT]' }}"
@@ -103,8 +119,9 @@ TOY_MODELS: dict[str, ToyModelSpec] = {
     "llama": ToyModelSpec(arch="llama", vocab_size=512, style=LLAMA_STYLE, seed=11),
     "qwen2": ToyModelSpec(arch="qwen2", vocab_size=768, style=CHATML_STYLE, seed=12, num_kv_heads=1),
     "mistral": ToyModelSpec(arch="mistral", vocab_size=640, style=MISTRAL_STYLE, seed=13),
-    "gemma2": ToyModelSpec(arch="gemma2", vocab_size=896, style=GEMMA_STYLE, seed=14),
-    "target": ToyModelSpec(arch="qwen2", vocab_size=704, style=CHATML_STYLE, seed=15),
+    "gemma2": ToyModelSpec(arch="gemma2", vocab_size=896, style=GEMMA_STYLE, seed=14,
+                           extra_config={"final_logit_softcapping": 30.0}),
+    "target": ToyModelSpec(arch="llama", vocab_size=704, style=LLAMA_STYLE, seed=15),
     "reward": ToyModelSpec(arch="llama", vocab_size=448, style=REWARD_STYLE, seed=16, reward_head=True),
     # The embedded demo's models, fine-tuned on the toy task when built: each source is good at different skills,
     # the target is briefly trained on all of them. Vocabularies this small merge little beyond the prompt words,
@@ -119,7 +136,7 @@ TOY_MODELS: dict[str, ToyModelSpec] = {
         arch="mistral", vocab_size=280, style=MISTRAL_STYLE, seed=23, skills=("sort",), train_steps=1200
     ),
     "target-weak": ToyModelSpec(
-        arch="qwen2", vocab_size=304, style=CHATML_STYLE, seed=25, skills=("add", "reverse", "sort", "upper"),
+        arch="llama", vocab_size=304, style=LLAMA_STYLE, seed=25, skills=("add", "reverse", "sort", "upper"),
         train_steps=500,
     ),
 }

@@ -85,7 +85,7 @@ def sft(
     """Train `model` in place on consecutive batches of `rows` (cycled); the loss of every step."""
     import torch
 
-    from wrpo_ray.train.batching import collate
+    from wrpo_ray.train.batching import collate, padding_id
 
     encoded = encode_rows(tokenizer, rows)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
@@ -94,7 +94,7 @@ def sft(
     losses = []
     for step in range(steps):
         start = (step * batch_size) % len(encoded)
-        batch = collate([encoded[(start + i) % len(encoded)] for i in range(batch_size)], tokenizer.pad_token_id)
+        batch = collate([encoded[(start + i) % len(encoded)] for i in range(batch_size)], padding_id(tokenizer))
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -147,14 +147,17 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
     import torch
 
     texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = side
+    from wrpo_ray.train.batching import padding_id
+
+    pad = padding_id(tokenizer)
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(ids) for ids in encoded)
+    batch = {
+        "input_ids": torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded]),
+        "attention_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]),
+    }
     with torch.no_grad():
-        out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens)
+        out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 

@@ -34,14 +34,25 @@ def tokenize_example(
 ) -> tuple[dict[str, list] | None, str | None, dict[str, Any]]:
     """Encode one example; ``(encoded, None, stats)`` or ``(None, reason, stats)``.
 
-    Truncation follows TRL: a prompt longer than ``max_prompt_length`` keeps its last tokens, then each
-    completion is cut from the right to fit ``max_length``. ``stats`` counts what was cut, and how many
-    responses needed the fallback for a template whose prompt is not a prefix of the full conversation
-    (response tokens plus EOS).
+    Truncation: a prompt longer than ``max_prompt_length`` keeps its *last* tokens (the question usually
+    ends the prompt), then each completion is cut from the right to fit ``max_length`` with the prompt.
+    TRL 1.16's DPOTrainer differs: it has no prompt limit and cuts each whole prompt+completion sequence to
+    ``max_length`` (``truncation_mode="keep_start"``, its default, keeps the start and so drops the end of the
+    completion; it drops examples whose prompt alone fills ``max_length``). Here a long prompt loses its
+    start instead, and every completion keeps at least ``max_length - max_prompt_length`` tokens. A completion
+    cut here loses its end-of-turn text; ``stats`` counts what was cut, and how many responses needed the
+    fallback for a template whose prompt is not a prefix of the full conversation (response tokens plus EOS).
+    A template that refuses the conversation (a system turn for Mistral or Gemma-2) gives
+    ``chat_template_error``.
     """
     if max_length < 1 or max_prompt_length < 1:
         raise ValueError(f"max_length and max_prompt_length must be positive, got {max_length}, {max_prompt_length}")
-    prompt_text, completions = _render(tokenizer, messages, responses, chat_template)
+    from jinja2 import TemplateError
+
+    try:
+        prompt_text, completions = _render(tokenizer, messages, responses, chat_template)
+    except TemplateError as e:  # e.g. Mistral's and Gemma-2's templates refuse a system turn
+        return None, f"chat_template_error: {e}", {"prompt_truncated": False, "response_truncated": 0}
     prompt_ids = _encode(tokenizer, prompt_text)
     completion_ids = [
         _encode(tokenizer, text) if text is not None else _fallback_completion(tokenizer, response)
@@ -101,10 +112,24 @@ def _fallback_completion(tokenizer: Any, response: str) -> list[int]:
     return _encode(tokenizer, response) + eos
 
 
+def padding_id(tokenizer: Any) -> int:
+    """The id written into padded positions: the tokenizer's pad token, else EOS, else 0.
+
+    Llama-3 and Mistral tokenizers have no pad token. Padded positions are masked out of attention and
+    labelled ``IGNORE_INDEX``, so their value never reaches a log-prob; any valid id will do.
+    """
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
 def collate(
     examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, Tensor]:
     """Stack encoded examples, example-major: row ``b * R + r`` is response ``r`` of example ``b``.
+
+    ``pad_token_id`` must be an id (see :func:`padding_id` for tokenizers without a pad token).
 
     Returns right-padded ``input_ids``, ``attention_mask`` and ``labels`` of shape ``[B * R, T]``,
     ``num_response_tokens`` of shape ``[B, R]`` (float) and, when every example has them, ``ref_logps``
@@ -112,6 +137,8 @@ def collate(
     """
     if not examples:
         raise ValueError("collate needs at least one example")
+    if not isinstance(pad_token_id, int):
+        raise TypeError(f"pad_token_id must be an int, got {pad_token_id!r}: use padding_id(tokenizer)")
     n_responses = {len(e["input_ids"]) for e in examples}
     if len(n_responses) != 1:
         raise ValueError(f"examples have different numbers of responses: {sorted(n_responses)}")

@@ -5,9 +5,11 @@ Two input formats are accepted:
 * this project's (docs/schemas.md): ``prompt_id``, ``prompt`` (text) or ``messages``, the responses as
   strings ``y_ws``, ``y_wt``, ``y_l`` (pairwise: ``chosen``/``rejected``, or ``y_wt``/``y_l`` for DPO-on and
   ``y_ws``/``y_l`` for DPO-hybrid; SFT: ``y_ws`` or ``response``), optional ``ref_logps``;
-* the paper's released format (conversational): ``prompt`` (text or messages), ``chosen = [y_ws, y_wt]``
-  and ``rejected = [y_l]``, each response a string, an assistant message, or a conversation that ends with
-  the assistant turn (with or without the prompt turns in front).
+* the paper's released format (conversational): ``prompt`` (text, one message such as
+  ``{"role": "user", "content": ...}`` as released, or a list of messages), ``chosen = [y_ws, y_wt]`` and
+  ``rejected = [y_l]``, each response a string, an assistant message, or a conversation that ends with the
+  assistant turn (with or without the prompt turns in front). The release is a ``datasets`` DatasetDict
+  saved with ``save_to_disk``; ``data.prompts.iter_input_rows`` reads one of its splits.
 
 Every row becomes ``{"prompt_id", "messages", "responses", "ref_logps"}`` or a quarantine reason whose text
 before ``':'`` is its kind: ``missing_prompt``, ``invalid_messages``, ``invalid_prompt_id``, ``missing_turn``,
@@ -164,6 +166,8 @@ def _prompt_messages(row: dict[str, Any]) -> list[dict[str, str]] | None:
         if not prompt.strip():
             raise _Rejected("missing_prompt: prompt is empty")
         return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, dict):
+        return _checked_prompt(_messages("prompt", [prompt]))
     return _checked_prompt(_messages("prompt", prompt))
 
 

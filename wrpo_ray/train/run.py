@@ -1,4 +1,10 @@
-"""Driver side of the SFT and preference stages: data -> tokenize -> (reference) -> Ray Train -> HF model."""
+"""The training recipe, driver side: Target-SFT or a preference objective, as one page that reads in order.
+
+    read rows -> tokenize -> reference log-probs -> fit on Ray Train -> export the HF model -> summarise
+
+Each step is a small function below; the workers' side (set-up, train, checkpoint) is `train/worker.py`,
+the row order and resume cursor `train/cursor.py`, the data contracts `data/schemas.py`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ import logging
 import shutil
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,12 +26,36 @@ from wrpo_ray.data.io import fingerprint, write_json, write_table
 from wrpo_ray.data.prompts import InputError, iter_input_rows
 from wrpo_ray.data.schemas import QUARANTINE
 from wrpo_ray.runtime import ensure_ray
-from wrpo_ray.train.loop import CKPT_TAG, LoopSpec, train_loop_per_worker
+from wrpo_ray.train.cursor import DataOrder
 from wrpo_ray.train.losses import LossConfig
-from wrpo_ray.train.preference_data import in_sft_split, normalize_preference_row
+from wrpo_ray.train.preference_data import Kind, in_sft_split, normalize_preference_row
 from wrpo_ray.train.stages import ReferenceLogps, TokenizeBatch, quarantine_row
+from wrpo_ray.train.worker import CKPT_TAG, LoopSpec, train_loop_per_worker
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """What is trained: `sft` (NLL of y_ws) or `preference` (WRPO or a pairwise objective)."""
+
+    name: Literal["sft", "preference"]
+    examples: Kind
+    loss: LossConfig | None
+    learning_rate: float
+
+    @property
+    def section(self) -> str:
+        """The config section the stage's settings come from."""
+        return "sft" if self.name == "sft" else "train"
+
+    @property
+    def n_responses(self) -> int:
+        return {"sft": 1, "wrpo": 3, "pairwise": 2}[self.examples]
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss is not None and self.loss.needs_reference
 
 
 def loss_config(cfg: PreferenceTrainConfig) -> LossConfig:
@@ -36,27 +67,161 @@ def loss_config(cfg: PreferenceTrainConfig) -> LossConfig:
                                      ipo_length_normalize=s.ipo_length_normalize, **overrides)
 
 
-def read_examples(
-    path: str, kind: str, *, pair: str = "on", sft_seed: int | None = None, sft_fraction: float | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+def describe_stage(cfg: TrainerSettings, name: str) -> TrainingStage:
+    if name == "sft":
+        assert isinstance(cfg, SftConfig)
+        return TrainingStage("sft", "sft", None, cfg.learning_rate)
+    if name != "preference":
+        raise ValueError(f"unknown training stage {name!r}; expected 'sft' or 'preference'")
+    assert isinstance(cfg, PreferenceTrainConfig)
+    loss = loss_config(cfg)
+    return TrainingStage("preference", "wrpo" if loss.objective == "wrpo" else "pairwise", loss,
+                         cfg.learning_rate or PAPER_LR[loss.name])
+
+
+@dataclass
+class Rows:
     """Normalised examples, quarantine rows, and counts (`in`, `outside_split` for SFT)."""
-    examples, quarantine = [], []
-    counts = {"in": 0, "outside_split": 0}
-    for index, row, error, raw in iter_input_rows(Path(path)):
-        counts["in"] += 1
+
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"in": 0, "outside_split": 0})
+
+
+def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
+    """Run SFT (`"sft"`) or preference training (`"preference"`); returns the summary written to `summary.json`."""
+    stage = describe_stage(cfg, stage_name)
+    out = _output_dir(cfg, stage)
+    rows = read_rows(cfg, stage)
+    if not rows.examples:
+        write_table(pa.Table.from_pylist(rows.quarantine, schema=QUARANTINE), out / "quarantine")
+        raise InputError(f"no usable training rows in {cfg.data}; see {out / 'quarantine'}")
+    ensure_ray()
+    data, truncation = tokenize(cfg, rows)
+    data, reference, ref_seconds = reference_logps(cfg, stage, data)
+    spec, order = loop_spec(cfg, stage, data.count(), reference, out)
+    resume = resume_point(out, spec, rows.examples)
+    log.info("%s: %d rows, %d optimizer steps (%d per epoch), resume from %s", stage.name, spec.num_rows,
+             spec.total_steps, order.steps_per_epoch, resume)
+    result, train_seconds = fit(cfg, spec, data, out / "checkpoints", resume)
+    model_dir, last_step = export(cfg, out)
+    write_table(pa.Table.from_pylist(rows.quarantine, schema=QUARANTINE), out / "quarantine",
+                sort_by=["stage", "prompt_id"])
+    summary = {
+        "stage": stage.name,
+        "objective": stage.loss.name if stage.loss else "sft",
+        "loss": dataclasses.asdict(stage.loss) if stage.loss else None,
+        "dtype": cfg.policy.dtype,
+        "rows": {"in": rows.counts["in"], "outside_split": rows.counts["outside_split"],
+                 "examples": len(rows.examples), "trained": spec.num_rows, "quarantined": len(rows.quarantine),
+                 "unused_per_epoch": order.unused_per_epoch},
+        "truncated": truncation,
+        "steps": {"total": spec.total_steps, "completed": last_step, "per_epoch": order.steps_per_epoch},
+        "reference": reference,
+        "seconds": {"reference": round(ref_seconds, 2), "train": round(train_seconds, 2),
+                    "per_step_median": _median_step_seconds(Path(spec.metrics_file))},
+        "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        "model_dir": str(model_dir) if model_dir else None,
+        "checkpoints": str(out / "checkpoints" / "run"),
+        "tensorboard": spec.tensorboard_dir,
+        "metrics_file": spec.metrics_file,
+    }
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def _output_dir(cfg: TrainerSettings, stage: TrainingStage) -> Path:
+    for key in ("policy", "data", "output_dir"):
+        if getattr(cfg, key) is None:
+            raise InputError(f"{stage.section}.{key} is required")
+    if not Path(cfg.data).exists():
+        raise InputError(f"{stage.section}.data: {cfg.data!r} does not exist")
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# --- 1. read ------------------------------------------------------------------------------------------
+
+
+def read_rows(cfg: TrainerSettings, stage: TrainingStage) -> Rows:
+    """Every input row normalised to `{prompt_id, messages, responses, ref_logps}` or quarantined with a reason.
+
+    SFT keeps only the rows of its split (a hash of seed and prompt_id). Each example gets `row`, its
+    position here, which fixes the order training draws its epochs from.
+    """
+    pair = cfg.loss.pair if isinstance(cfg, PreferenceTrainConfig) else "on"
+    in_split = ((lambda pid: in_sft_split(pid, cfg.seed, cfg.split_fraction)) if isinstance(cfg, SftConfig)
+                else (lambda pid: True))
+    rows = Rows()
+    for index, row, error, raw in iter_input_rows(Path(cfg.data), split=cfg.data_split):
+        rows.counts["in"] += 1
         if error is not None or row is None:
-            quarantine.append({**quarantine_row("input", None, error or "unreadable"), "row_index": index, "raw": raw})
+            rows.quarantine.append({**quarantine_row("input", None, error or "unreadable"), "row_index": index,
+                                    "raw": raw})
             continue
-        ex, reason = normalize_preference_row(row, kind, pair=pair)
+        ex, reason = normalize_preference_row(row, stage.examples, pair=pair)
         if reason is not None:
-            quarantine.append({**quarantine_row("input", row.get("prompt_id"), reason), "row_index": index,
-                               "raw": raw})
+            rows.quarantine.append({**quarantine_row("input", row.get("prompt_id"), reason), "row_index": index,
+                                    "raw": raw})
             continue
-        if sft_fraction is not None and not in_sft_split(ex["prompt_id"], sft_seed, sft_fraction):
-            counts["outside_split"] += 1
+        if not in_split(ex["prompt_id"]):
+            rows.counts["outside_split"] += 1
             continue
-        examples.append(ex)
-    return examples, quarantine, counts
+        rows.examples.append({**ex, "row": len(rows.examples)})
+    return rows
+
+
+# --- 2. tokenize --------------------------------------------------------------------------------------
+
+
+def tokenize(cfg: TrainerSettings, rows: Rows) -> tuple[Any, dict[str, int]]:
+    """The policy's chat template applied on Ray Data; rows it cannot encode join the quarantine."""
+    import ray
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    # Ray Data's default of 200 blocks costs a small run seconds of per-block overhead in every stage below
+    blocks = max(1, min(200, len(rows.examples) // 1000))
+    ds = ray.data.from_items(rows.examples, override_num_blocks=blocks).map_batches(
+        TokenizeBatch, batch_format="pyarrow", concurrency=1, num_cpus=0.5,
+        fn_constructor_kwargs={"tokenizer_path": resolve_model_path(cfg.policy.path),
+                               "chat_template": cfg.policy.chat_template, "max_length": cfg.max_length,
+                               "max_prompt_length": cfg.max_prompt_length,
+                               "trust_remote_code": cfg.policy.trust_remote_code},
+    ).materialize()
+    bad = ds.map_batches(lambda t: t.filter(pc.invert(pc.is_null(t["error"]))), batch_format="pyarrow")
+    rows.quarantine += [quarantine_row("tokenize", r["prompt_id"], r["error"])
+                        for r in bad.select_columns(["prompt_id", "error"]).take_all()]
+    ds = ds.map_batches(lambda t: t.filter(pc.is_null(t["error"])), batch_format="pyarrow").materialize()
+    cut = ds.select_columns(["prompt_truncated", "responses_truncated"]).to_pandas()
+    return ds, {"prompts": int(cut["prompt_truncated"].sum()), "responses": int(cut["responses_truncated"].sum())}
+
+
+# --- 3. reference -------------------------------------------------------------------------------------
+
+
+def reference_logps(cfg: TrainerSettings, stage: TrainingStage, ds: Any) -> tuple[Any, str, float]:
+    """Add the frozen reference's log-probs as a column, once, unless the input brought them.
+
+    The actors reserve what one training worker reserves (a GPU each when `use_gpu`, `cpus_per_worker`
+    CPUs) and compute in the policy's dtype, so the column matches the policy's own log-probs at step 0.
+    Returns the dataset, how the reference enters training, and the seconds spent.
+    """
+    if not stage.needs_reference:
+        return ds, "none", 0.0
+    if _null_count(ds, "ref_logps") == 0:
+        return ds, "precomputed column (input)", 0.0
+    if not cfg.precompute_reference:
+        return ds, "frozen model", 0.0
+    model = cfg.reference or cfg.policy
+    t0 = time.perf_counter()
+    ds = ds.map_batches(
+        ReferenceLogps, batch_format="pyarrow", batch_size=max(1, cfg.micro_batch_size),
+        concurrency=cfg.num_workers, num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
+        fn_constructor_kwargs={"model_path": resolve_model_path(model.path), "dtype": cfg.policy.dtype,
+                               "trust_remote_code": model.trust_remote_code},
+    ).materialize()
+    return ds, "precomputed column", time.perf_counter() - t0
 
 
 def _null_count(ds: Any, column: str) -> int:
@@ -65,11 +230,44 @@ def _null_count(ds: Any, column: str) -> int:
     return int(counts.sum("n") or 0)
 
 
-def _latest_checkpoint(storage: Path):
-    from ray.train import Checkpoint
+# --- 4. fit -------------------------------------------------------------------------------------------
 
-    done = sorted(p for p in storage.glob("step-*") if (p / CKPT_TAG).is_dir())
-    return Checkpoint.from_directory(str(done[-1])) if done else None
+
+def loop_spec(cfg: TrainerSettings, stage: TrainingStage, num_rows: int, reference: str,
+              out: Path) -> tuple[LoopSpec, DataOrder]:
+    order = DataOrder(num_rows=num_rows, world_size=cfg.num_workers, micro_batch_size=cfg.micro_batch_size,
+                      gradient_accumulation_steps=cfg.gradient_accumulation_steps, seed=cfg.seed,
+                      shuffle=cfg.shuffle)
+    if order.steps_per_epoch == 0:
+        raise InputError(f"{num_rows} usable rows < one optimizer step ({order.rows_per_step} = workers x micro "
+                         "batch x accumulation)")
+    in_loop_reference = stage.needs_reference and reference == "frozen model"
+    spec = LoopSpec(
+        stage=stage.name,
+        policy_path=resolve_model_path(cfg.policy.path),
+        reference_path=resolve_model_path((cfg.reference or cfg.policy).path) if in_loop_reference else None,
+        dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
+        loss=dataclasses.asdict(stage.loss) if stage.loss else None,
+        n_responses=stage.n_responses, num_rows=num_rows,
+        total_steps=order.steps_per_epoch * cfg.epochs, max_steps=cfg.max_steps,
+        micro_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=stage.learning_rate, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        warmup_ratio=cfg.warmup_ratio, zero_stage=cfg.zero_stage, logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps, seed=cfg.seed, shuffle=cfg.shuffle,
+        tensorboard_dir=str(out / "tensorboard"), metrics_file=str(out / "metrics.jsonl"),
+    )
+    return spec, order
+
+
+def resume_point(out: Path, spec: LoopSpec, examples: list[dict[str, Any]]) -> str | None:
+    """The latest checkpoint of an interrupted run of the same spec and data; any other run's are cleared.
+
+    Resuming another run's checkpoint (a retrained reference, a new learning rate) would silently train
+    from the wrong weights, or not at all when that run had finished.
+    """
+    _start_or_continue(out / "checkpoints", out / "metrics.jsonl", _run_fingerprint(spec, examples))
+    latest = _latest_checkpoint(out / "checkpoints" / "run")
+    return str(latest) if latest else None
 
 
 def _run_fingerprint(spec: LoopSpec, examples: list[dict[str, Any]]) -> str:
@@ -80,11 +278,6 @@ def _run_fingerprint(spec: LoopSpec, examples: list[dict[str, Any]]) -> str:
 
 
 def _start_or_continue(storage: Path, metrics_file: Path, fingerprint: str) -> None:
-    """Keep the checkpoints of an interrupted run of the same spec and data; clear those of any other.
-
-    Resuming another run's checkpoint (a retrained reference, a new learning rate) would silently train
-    from the wrong weights, or not at all when that run had finished.
-    """
     marker = storage / "run.json"
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
         return
@@ -95,6 +288,55 @@ def _start_or_continue(storage: Path, metrics_file: Path, fingerprint: str) -> N
     write_json({"fingerprint": fingerprint}, marker)
 
 
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    done = sorted(p for p in run_dir.glob("step-*") if (p / CKPT_TAG).is_dir())
+    return done[-1] if done else None
+
+
+def fit(cfg: TrainerSettings, spec: LoopSpec, ds: Any, storage: Path, resume: str | None) -> tuple[Any, float]:
+    """Ray Train + DeepSpeed. Every worker gets the whole (tokenized) dataset and draws its own micro-batches
+    from it by `DataOrder`, so no split of Ray Data's decides which worker sees which row."""
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": dataclasses.asdict(spec), "resume_from": resume},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name="run", storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": ds},
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    return result, time.perf_counter() - t0
+
+
+# --- 5. export and summarise --------------------------------------------------------------------------
+
+
+def export(cfg: TrainerSettings, out: Path) -> tuple[Path | None, int]:
+    """Copy the final checkpoint's HF model (and the policy's tokenizer) to `out/model`; the last step trained."""
+    from transformers import AutoTokenizer
+
+    final = _latest_checkpoint(out / "checkpoints" / "run")
+    if final is None:
+        return None, 0
+    last_step = int(final.name.split("-")[1])
+    if not (final / "hf_model").is_dir():
+        return None, last_step
+    model_dir = out / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    shutil.copytree(final / "hf_model", model_dir)
+    policy_path = resolve_model_path(cfg.policy.path)
+    AutoTokenizer.from_pretrained(policy_path, trust_remote_code=cfg.policy.trust_remote_code).save_pretrained(
+        model_dir)
+    return model_dir, last_step
+
+
 def _median_step_seconds(metrics_file: Path) -> float | None:
     """Median `seconds_per_step` of the run, its first step (warm-up) left out; None if not logged here."""
     if not metrics_file.is_file():
@@ -102,136 +344,3 @@ def _median_step_seconds(metrics_file: Path) -> float | None:
     steps = [json.loads(line).get("seconds_per_step") for line in metrics_file.read_text().splitlines()[1:]]
     steps = [s for s in steps if s is not None]
     return round(statistics.median(steps), 4) if steps else None
-
-
-def run_training(cfg: TrainerSettings, stage: str) -> dict[str, Any]:
-    """Run SFT (`stage="sft"`) or preference training; returns the summary written to `summary.json`."""
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    section = "sft" if stage == "sft" else "train"
-    for key in ("policy", "data", "output_dir"):
-        if getattr(cfg, key) is None:
-            raise InputError(f"{section}.{key} is required")
-    if not Path(cfg.data).exists():
-        raise InputError(f"{section}.data: {cfg.data!r} does not exist")
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    policy_path = resolve_model_path(cfg.policy.path)
-    if stage == "sft":
-        assert isinstance(cfg, SftConfig)
-        kind, loss_cfg, lr = "sft", None, cfg.learning_rate
-        examples, quarantine, counts = read_examples(cfg.data, "sft", sft_seed=cfg.seed,
-                                                     sft_fraction=cfg.split_fraction)
-    else:
-        assert isinstance(cfg, PreferenceTrainConfig)
-        loss_cfg = loss_config(cfg)
-        kind = "wrpo" if loss_cfg.objective == "wrpo" else "pairwise"
-        lr = cfg.learning_rate or PAPER_LR[loss_cfg.name]
-        examples, quarantine, counts = read_examples(cfg.data, kind, pair=cfg.loss.pair)
-    if not examples:
-        write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE), out / "quarantine")
-        raise InputError(f"no usable training rows in {cfg.data}; see {out / 'quarantine'}")
-
-    ensure_ray()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    # Ray Data's default of 200 blocks costs a small run seconds of per-block overhead in every stage below
-    ds = ray.data.from_items(examples, override_num_blocks=max(1, min(200, len(examples) // 1000))).map_batches(
-        TokenizeBatch, batch_format="pyarrow", concurrency=1, num_cpus=0.5,
-        fn_constructor_kwargs={"tokenizer_path": policy_path, "chat_template": cfg.policy.chat_template,
-                               "max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
-                               "trust_remote_code": cfg.policy.trust_remote_code},
-    ).materialize()
-    bad = ds.map_batches(lambda t: t.filter(pc.invert(pc.is_null(t["error"]))), batch_format="pyarrow")
-    quarantine += [quarantine_row("tokenize", r["prompt_id"], r["error"])
-                   for r in bad.select_columns(["prompt_id", "error"]).take_all()]
-    ds = ds.map_batches(lambda t: t.filter(pc.is_null(t["error"])), batch_format="pyarrow").materialize()
-    truncation = ds.select_columns(["prompt_truncated", "responses_truncated"]).to_pandas()
-
-    needs_ref = loss_cfg is not None and loss_cfg.needs_reference
-    ref_path = resolve_model_path(cfg.reference.path) if needs_ref and cfg.reference else (
-        policy_path if needs_ref else None)
-    has_ref_column = needs_ref and _null_count(ds, "ref_logps") == 0
-    t_ref = 0.0
-    if needs_ref and not has_ref_column and cfg.precompute_reference:
-        t0 = time.perf_counter()
-        ds = ds.map_batches(ReferenceLogps, batch_format="pyarrow", batch_size=8, concurrency=1, num_cpus=1,
-                            fn_constructor_kwargs={"model_path": ref_path,
-                                                   "trust_remote_code": cfg.policy.trust_remote_code}).materialize()
-        t_ref = time.perf_counter() - t0
-        has_ref_column = True
-
-    n = ds.count()
-    per_step = cfg.num_workers * cfg.micro_batch_size * cfg.gradient_accumulation_steps
-    steps_per_epoch = n // per_step
-    if steps_per_epoch == 0:
-        raise InputError(f"{n} usable rows < one optimizer step ({per_step} = workers x micro batch x accumulation)")
-    total_steps = steps_per_epoch * cfg.epochs
-    spec = LoopSpec(
-        stage="sft" if stage == "sft" else "preference",
-        policy_path=policy_path,
-        reference_path=None if has_ref_column else ref_path,
-        dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
-        loss=dataclasses.asdict(loss_cfg) if loss_cfg else None,
-        n_responses={"sft": 1, "wrpo": 3, "pairwise": 2}[kind],
-        total_steps=total_steps, max_steps=cfg.max_steps,
-        micro_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        warmup_ratio=cfg.warmup_ratio, zero_stage=cfg.zero_stage, logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, seed=cfg.seed, tensorboard_dir=str(out / "tensorboard"),
-        metrics_file=str(out / "metrics.jsonl"),
-    )
-    storage = out / "checkpoints"
-    _start_or_continue(storage, out / "metrics.jsonl", _run_fingerprint(spec, examples))
-    resume = _latest_checkpoint(storage / "run")
-    log.info("%s: %d rows, %d optimizer steps (%d per epoch), resume from %s", stage, n, total_steps,
-             steps_per_epoch, resume.path if resume else None)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": dataclasses.asdict(spec), "resume_from": resume.path if resume else None},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name="run", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": ds},
-        dataset_config=DataConfig(),
-    )
-    t0 = time.perf_counter()
-    result = trainer.fit()
-    train_seconds = time.perf_counter() - t0
-
-    final = _latest_checkpoint(storage / "run")
-    model_dir = None
-    last_step = int(Path(final.path).name.split("-")[1]) if final else 0
-    if final and (Path(final.path) / "hf_model").is_dir():
-        model_dir = out / "model"
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        shutil.copytree(Path(final.path) / "hf_model", model_dir)
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(policy_path, trust_remote_code=cfg.policy.trust_remote_code).save_pretrained(
-            model_dir)
-    write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE), out / "quarantine",
-                sort_by=["stage", "prompt_id"])
-    summary = {
-        "stage": stage,
-        "objective": loss_cfg.name if loss_cfg else "sft",
-        "loss": dataclasses.asdict(loss_cfg) if loss_cfg else None,
-        "rows": {"in": counts["in"], "outside_split": counts["outside_split"], "examples": len(examples),
-                 "trained": n, "quarantined": len(quarantine), "unused_per_epoch": n - steps_per_epoch * per_step},
-        "truncated": {"prompts": int(truncation["prompt_truncated"].sum()),
-                      "responses": int(truncation["responses_truncated"].sum())},
-        "steps": {"total": total_steps, "completed": last_step, "per_epoch": steps_per_epoch},
-        "reference": "precomputed column" if has_ref_column else ("frozen model" if ref_path else "none"),
-        "seconds": {"reference": round(t_ref, 2), "train": round(train_seconds, 2),
-                    "per_step_median": _median_step_seconds(Path(spec.metrics_file))},
-        "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-        "model_dir": str(model_dir) if model_dir else None,
-        "checkpoints": str(storage / "run"),
-        "tensorboard": spec.tensorboard_dir,
-        "metrics_file": spec.metrics_file,
-    }
-    write_json(summary, out / "summary.json")
-    return summary

@@ -8,6 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from wrpo_ray.data.schemas import TOKENIZED
+
 
 class TokenizeBatch:
     """Adds `input_ids`, `labels` (prompt masked), `num_response_tokens`; rows that cannot be used get `error`."""
@@ -31,6 +33,7 @@ class TokenizeBatch:
                 max_prompt_length=self.max_prompt_length, chat_template=self.chat_template,
             )
             out.append({
+                "row": row["row"],
                 "prompt_id": row["prompt_id"],
                 "input_ids": enc["input_ids"] if enc else None,
                 "labels": enc["labels"] if enc else None,
@@ -43,32 +46,23 @@ class TokenizeBatch:
         return pa.Table.from_pylist(out, schema=TOKENIZED)
 
 
-TOKENIZED = pa.schema([
-    ("prompt_id", pa.string()),
-    ("input_ids", pa.list_(pa.list_(pa.int32()))),
-    ("labels", pa.list_(pa.list_(pa.int32()))),
-    ("num_response_tokens", pa.list_(pa.int32())),
-    ("ref_logps", pa.list_(pa.float64())),
-    ("prompt_truncated", pa.bool_()),
-    ("responses_truncated", pa.int32()),
-    ("error", pa.string()),
-])
-
-
 class ReferenceLogps:
-    """Forward-only actor: the frozen reference model's summed log-probs of each response (`ref_logps`)."""
+    """Forward-only actor: the frozen reference model's summed log-probs of each response (`ref_logps`).
 
-    def __init__(self, model_path: str, trust_remote_code: bool = False) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    It runs on what a training worker gets (the driver reserves a GPU per actor when training uses GPUs)
+    and in the policy's dtype, so that at the first step the policy's log-probs equal these.
+    """
 
-        from wrpo_ray.train.policy import SequenceLogprobs
+    def __init__(self, model_path: str, dtype: str = "auto", trust_remote_code: bool = False) -> None:
+        from transformers import AutoTokenizer
 
-        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        from wrpo_ray.train.batching import padding_id
+        from wrpo_ray.train.policy import SequenceLogprobs, load_causal_lm, local_device, resolve_dtype
+
+        self.device = local_device()
+        lm = load_causal_lm(model_path, resolve_dtype(dtype, self.device), trust_remote_code)
         self.model = SequenceLogprobs(lm).eval().to(self.device)
-        self.pad_id = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code).pad_token_id
+        self.pad_id = padding_id(AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
