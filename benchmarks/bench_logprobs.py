@@ -146,8 +146,9 @@ def make_inputs(shape: Shape, device: str, vocab: int | None = None, seed: int =
 
 
 def _naive_logps(hidden, weight, labels):
-    logits = hidden @ weight.t()
-    return logits.float().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    from wrpo_ray.kernels.reference import naive_linear_logprobs
+
+    return naive_linear_logprobs(hidden, weight, labels, compute_dtype=None)
 
 
 def _trl_logps(hidden, weight, labels, seq_len):

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import sys
+from collections.abc import Iterator
 
-from wrpo_ray.config import ConfigError, check_config, load_config, resolve_judge, standalone_eval_errors
+from wrpo_ray.config import (
+    ConfigError,
+    check_config,
+    load_config,
+    missing_run_sections,
+    resolve_judge,
+    standalone_eval_errors,
+)
 from wrpo_ray.data.prompts import InputError
 
 
@@ -14,6 +22,22 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set generate.output_dir=/tmp/out (repeatable)")
+
+
+@contextlib.contextmanager
+def _run_logs(output_dir: str | None) -> Iterator[None]:
+    """Full logs of the command under `<output_dir>/logs/`, and where they are, said at the end."""
+    from wrpo_ray.console import link_ray_logs, log_to_file
+    from wrpo_ray.runtime import session_dir
+
+    logs = log_to_file(output_dir) if output_dir else None
+    try:
+        yield
+    finally:
+        if logs is not None:
+            link = link_ray_logs(logs, session_dir())
+            where = f"full logs: {logs / 'driver.log'}"
+            print(where + (f"; every worker's and engine's: {link}/" if link else ""), file=sys.stderr)
 
 
 def _section(cfg, name: str):
@@ -33,7 +57,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _section(cfg, "generate")
     from wrpo_ray.generate.pipeline import format_summary, run_generate
 
-    result = run_generate(cfg.generate)
+    with _run_logs(cfg.generate.output_dir):
+        result = run_generate(cfg.generate)
     print(format_summary(result.summary))
     return 0
 
@@ -43,7 +68,8 @@ def _train_command(section: str):
         cfg = _section(load_config(args.config, args.overrides), section)
         from wrpo_ray.train.run import run_training
 
-        summary = run_training(cfg, "sft" if section == "sft" else "preference")
+        with _run_logs(cfg.output_dir):
+            summary = run_training(cfg, "sft" if section == "sft" else "preference")
         print(format_train_summary(summary))
         return 0
 
@@ -69,7 +95,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from wrpo_ray.pipeline import format_pipeline_summary, run_pipeline
 
-    summary = run_pipeline(cfg)
+    missing = missing_run_sections(cfg)
+    if missing:
+        raise ConfigError("\n".join(f"`wrpo-ray run` needs a '{section}' section" for section in missing))
+    with _run_logs(cfg.run.output_dir):
+        summary = run_pipeline(cfg)
     print(format_pipeline_summary(summary))
     return 0
 
@@ -85,7 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     from wrpo_ray.eval.stage import run_eval
 
-    summary = run_eval(eval_cfg, judge, warning=warning)
+    with _run_logs(eval_cfg.output_dir):
+        summary = run_eval(eval_cfg, judge, warning=warning)
     print(summary["table"])
     return 0
 
@@ -120,7 +151,8 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wrpo-ray", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every library's logs and progress bars on the console (default: log files)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="source generation, reward scoring and selection of y_ws")
@@ -155,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wrpo_ray.console import setup_console
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_console(args.verbose)
     try:
         return args.func(args)
     except (ConfigError, InputError) as e:

@@ -98,6 +98,8 @@ class RewardConfig(_Strict):
 
 class DataConfig(_Strict):
     prompts: str
+    split: str = Field("train", min_length=1)
+    """The split read when `prompts` is a saved `datasets` DatasetDict."""
     max_prompt_chars: int = Field(8000, ge=1)
     strict: bool = False
 
@@ -143,6 +145,8 @@ class LossSection(_Strict):
     schedule: Literal["dynamic", "static"] = "dynamic"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     ipo_length_normalize: bool = True
+    """IPO on per-token mean log-ratios (TRL's IPO, the default), or on summed log-ratios as the IPO and WRPO
+    papers write it. Table 6's tau = 0.01 was tuned with the official code, built on TRL: the mean."""
     pair: Literal["on", "hybrid"] = "on"
 
 
@@ -195,6 +199,9 @@ class SftConfig(TrainerSettings):
 
     split_fraction: float = Field(1 / 3, gt=0, le=1)
     learning_rate: float | None = Field(1e-5, gt=0)
+    completion_only_loss: bool = True
+    """NLL of the response tokens only (True), or of the whole templated sequence, prompt included (False,
+    the official WRPO Target-SFT recipe)."""
 
 
 class PreferenceTrainConfig(TrainerSettings):
@@ -213,6 +220,8 @@ class EvalConfig(_Strict):
     """
 
     prompts: str
+    prompts_split: str = Field("test", min_length=1)
+    """The split read when `prompts` is a saved `datasets` DatasetDict: held-out prompts, `test` by default."""
     output_dir: str | None = None
     models: list[ModelConfig] = Field(default_factory=list)
     baseline: str = "Target-SFT"

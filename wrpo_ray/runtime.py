@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 WORKER_ENV = {
@@ -9,18 +10,44 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+_session_dir: str | None = None
 
-def ensure_ray() -> None:
+
+def ensure_ray() -> str | None:
+    """Connect once; returns the Ray session's directory (its `logs/` holds every worker's output)."""
     import ray
 
+    from wrpo_ray.console import quiet_ray_data, worker_env
+
+    global _session_dir
     if ray.is_initialized():
-        return
-    env = {k: v for k, v in WORKER_ENV.items() if v}
-    ray.init(
+        return _session_dir
+    taken = _job_env_vars()
+    env = {k: v for k, v in {**WORKER_ENV, **worker_env()}.items() if v and k not in taken}
+    context = ray.init(
         address=os.environ.get("RAY_ADDRESS"),
         runtime_env={"env_vars": env} if env else None,
         log_to_driver=True,
     )
+    _session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")  # none under Ray Client
+    quiet_ray_data()
+    return _session_dir
+
+
+def _job_env_vars() -> set[str]:
+    """Variables the submitted job's runtime env already sets: Ray refuses to merge a second value for them."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return set()
+    try:
+        return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return set()
+
+
+def session_dir() -> str | None:
+    """The Ray session directory this process connected to, if it did."""
+    return _session_dir
 
 
 def use_cpu_accelerator_if_no_gpu() -> None:

@@ -83,7 +83,7 @@ def test_stop_and_resume_continue_at_same_step_and_alpha(trained):
     metrics = _metrics(out)
     total = EPOCHS * STEPS_PER_EPOCH
     assert [m["step"] for m in metrics] == list(range(1, total + 1))
-    assert [m["epoch"] for m in metrics] == [(s - 1) // STEPS_PER_EPOCH for s in range(1, total + 1)]
+    assert [m["epoch"] for m in metrics] == [(s - 1) // STEPS_PER_EPOCH + 1 for s in range(1, total + 1)]
     for m in metrics:
         assert m["alpha"] == pytest.approx(alpha_at(m["step"] - 1, total, ALPHA))
     for key in ("rewards/source", "rewards/target", "rewards/rejected", "rewards/margins",

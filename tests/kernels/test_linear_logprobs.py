@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from wrpo_ray.kernels import linear_logprobs, sequence_logprob_sums
+from wrpo_ray.kernels.reference import naive_linear_logprobs
 
 ll_module = importlib.import_module("wrpo_ray.kernels.linear_logprobs")
 
@@ -40,16 +41,7 @@ CASES = {
 
 
 def reference(hidden, weight, labels, bias=None, softcap=None, temperature=1.0):
-    """Naive float64 log-probs: full logits, log_softmax, gather; 0 at ignored positions."""
-    logits = hidden.double() @ weight.double().t()
-    if bias is not None:
-        logits = logits + bias.double()
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    logp = (logits / temperature).log_softmax(-1)
-    keep = labels != IGNORE
-    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(keep, picked, torch.zeros_like(picked))
+    return naive_linear_logprobs(hidden, weight, labels, bias=bias, softcap=softcap, temperature=temperature)
 
 
 def make_inputs(shape, hdim, vocab, dtype, case, seed=0, device="cpu"):

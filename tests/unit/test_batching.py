@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,10 +10,8 @@ from wrpo_ray.toy.registry import REWARD_STYLE
 from wrpo_ray.train.batching import (
     IGNORE_INDEX,
     collate,
-    next_token_targets,
     padding_id,
     per_token_targets,
-    sequence_logps_naive,
     tokenize_example,
 )
 
@@ -152,46 +151,9 @@ def test_collate_rejects_mixed_response_counts(tokenizers):
         collate([], pad_token_id=0)
 
 
-def test_target_shifts():
+def test_target_shift():
     labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, 8, -100]])
-    assert next_token_targets(labels).tolist() == [[-100, 5, 6], [7, 8, -100]]
     assert per_token_targets(labels).tolist() == [[-100, 5, 6, -100], [7, 8, -100, -100]]
-
-
-def test_naive_logps_by_hand():
-    logits = torch.tensor([[[1.0, 2.0, 0.5, -1.0], [0.0, 0.0, 3.0, 1.0], [2.0, 1.0, 1.0, 1.0]]], dtype=torch.float64)
-    labels = torch.tensor([[-100, 2, 1]])  # token 2 is scored by position 0, token 1 by position 1
-
-    def log_softmax(row, i):
-        return row[i] - math.log(sum(math.exp(x) for x in row))
-
-    expected = log_softmax([1.0, 2.0, 0.5, -1.0], 2) + log_softmax([0.0, 0.0, 3.0, 1.0], 1)
-    out = sequence_logps_naive(logits, labels)
-    assert out.dtype == torch.float64 and out.shape == (1,)
-    assert out.item() == pytest.approx(expected, abs=1e-12)
-    out32 = sequence_logps_naive(logits.to(torch.bfloat16), labels)
-    assert out32.dtype == torch.float32
-    assert out32.item() == pytest.approx(expected, abs=0.05)
-
-
-def test_naive_logps_on_a_collated_batch(tokenizers):
-    tok = tokenizers["target"]
-    a, _, _ = _encode(tok)
-    batch = collate([a], pad_token_id=padding_id(tok))
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(*batch["input_ids"].shape, len(tok), generator=gen, dtype=torch.float64)
-    out = sequence_logps_naive(logits, batch["labels"])
-    for s in range(batch["input_ids"].shape[0]):
-        expected = 0.0
-        for t in range(1, batch["input_ids"].shape[1]):
-            if batch["labels"][s, t] != IGNORE_INDEX:
-                expected += torch.log_softmax(logits[s, t - 1], -1)[batch["labels"][s, t]].item()
-        assert out[s].item() == pytest.approx(expected, abs=1e-9)
-    # Padding never contributes: extra pad columns leave the sums unchanged.
-    padded = collate([a], pad_token_id=padding_id(tok), pad_to_multiple_of=64)
-    wide = torch.randn(*padded["input_ids"].shape, len(tok), generator=gen, dtype=torch.float64)
-    wide[:, : logits.shape[1]] = logits
-    assert torch.allclose(sequence_logps_naive(wide, padded["labels"]), out)
 
 
 @pytest.mark.parametrize("name", sorted(NO_SYSTEM_ROLE))
@@ -211,3 +173,24 @@ def test_pad_fallback_for_tokenizers_without_a_pad_token(tokenizers):
     a, _, _ = _encode(tokenizers["target"])
     with pytest.raises(TypeError, match="padding_id"):
         collate([a], pad_token_id=None)
+
+
+def test_whole_sequence_loss_labels_the_prompt_too(tokenizers):
+    """The official Target-SFT recipe trains on the whole sequence; the default on the completion only."""
+    tok = tokenizers["target"]
+    only, _, _ = _encode(tok, responses=RESPONSES[:1])
+    whole, _, _ = _encode(tok, responses=RESPONSES[:1], label_prompt=True)
+    assert whole["input_ids"] == only["input_ids"]
+    assert whole["labels"][0] == whole["input_ids"][0]
+    assert whole["num_response_tokens"] == only["num_response_tokens"]
+
+
+def test_paper_recipe_uses_the_official_sft_settings():
+    import yaml
+
+    from wrpo_ray.config import SftConfig
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "jobs/configs/paper-llama3-8b.yaml").read_text())
+    sft = SftConfig.model_validate(raw["sft"])
+    assert (sft.learning_rate, sft.epochs, sft.completion_only_loss) == (7e-6, 1, False)
+    assert SftConfig().completion_only_loss

@@ -57,6 +57,36 @@ def test_training_checkpoints_of_another_run_are_cleared(tmp_path):
     assert (ckpt / "run.json").is_file()
 
 
+def test_metrics_logged_after_the_last_checkpoint_are_dropped_on_resume(tmp_path):
+    from wrpo_ray.train.run import _drop_metrics_after
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(f'{{"step": {s}}}\n' for s in range(1, 8)))
+    _drop_metrics_after(metrics, 5)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_resume_fingerprint_sees_every_trajectory_setting():
+    """A new max_length, loss on the prompt, or reference changes the run; where to stop or log does not."""
+    import dataclasses
+
+    from wrpo_ray.config import PreferenceTrainConfig, SftConfig
+    from wrpo_ray.train.run import _run_fingerprint
+    from wrpo_ray.train.worker import LoopSpec
+
+    spec = LoopSpec(**{f.name: 1 for f in dataclasses.fields(LoopSpec)})
+    policy = {"name": "t", "path": "toy://target"}
+    base = SftConfig(policy=policy, data="x", output_dir="o")
+    fp = _run_fingerprint(spec, base, [])
+    assert _run_fingerprint(spec, base.model_copy(update={"max_steps": 3, "save_steps": 9}), []) == fp
+    assert _run_fingerprint(spec, base.model_copy(update={"max_length": 99}), []) != fp
+    assert _run_fingerprint(spec, base.model_copy(update={"completion_only_loss": False}), []) != fp
+    pref = PreferenceTrainConfig(policy=policy, data="x", output_dir="o")
+    other_ref = pref.model_copy(update={"reference": {"name": "r", "path": "toy://llama"}})
+    assert _run_fingerprint(spec, pref, []) != _run_fingerprint(spec, PreferenceTrainConfig.model_validate(
+        other_ref.model_dump()), [])
+
+
 def test_quadruples_join_sources_and_target(tmp_path):
     write_table(pa.Table.from_pylist([_sel("1", "src1", 0.9), _sel("2", "src2", 0.8), _sel("3", "src3", 0.1)],
                                      schema=SELECTIONS), tmp_path / "sources")
@@ -77,3 +107,14 @@ def test_target_prompts_are_the_complement_of_the_sft_split(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert {r["prompt_id"] for r in rows} == {i for i in ids if not in_sft_split(i, 0, 1 / 3)}
     assert all(r["answer"] == "a" and r["messages"][0]["role"] == "user" for r in rows)
+
+
+def test_driver_env_leaves_out_what_the_submitted_job_sets(monkeypatch):
+    """Ray refuses to merge a second value for a variable the job's runtime env already sets."""
+    from wrpo_ray.runtime import _job_env_vars
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert _job_env_vars() == set()
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR",
+                       json.dumps({"runtime_env": {"env_vars": {"DS_ACCELERATOR": "cpu", "HF_HOME": "/x"}}}))
+    assert _job_env_vars() == {"DS_ACCELERATOR", "HF_HOME"}

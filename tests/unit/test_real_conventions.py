@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoTokenizer
 from wrpo_ray.data.schemas import GENERATED
 from wrpo_ray.generate.engines import prompt_token_ids
 from wrpo_ray.generate.pipeline import select_group
-from wrpo_ray.generate.reward import RewardModelScorer, left_padded, scoring_pad_id
+from wrpo_ray.generate.reward import RewardModelScorer, right_padded, scoring_pad_id
 from wrpo_ray.toy.build import toy_model_path
 from wrpo_ray.toy.registry import TOY_MODELS
 
@@ -61,14 +61,18 @@ def test_reward_scores_do_not_depend_on_batching_without_a_pad_token():
     assert together == pytest.approx(alone, abs=1e-5)
 
 
-def test_scoring_pad_id_never_ends_a_sequence():
+def test_scoring_pad_id_occurs_in_no_sequence():
     class NoPad:
         pad_token_id = None
 
-    assert scoring_pad_id(NoPad(), [[5, 0], [7, 1], [3]]) == 2
-    enc = left_padded([[4, 5, 6], [7]], pad_id=2)
-    assert enc["input_ids"].tolist() == [[4, 5, 6], [2, 2, 7]]
-    assert enc["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    class PadInText:
+        pad_token_id = 5
+
+    assert scoring_pad_id(NoPad(), [[5, 0], [7, 1], [3, 2]]) == 4
+    assert scoring_pad_id(PadInText(), [[5, 0]]) == 1
+    enc = right_padded([[4, 5, 6], [7]], pad_id=2)
+    assert enc["input_ids"].tolist() == [[4, 5, 6], [7, 2, 2]]
+    assert enc["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def _scored(samples):

@@ -54,8 +54,11 @@ def write_table(table: pa.Table, final: str | Path, *, sort_by: list[str] | None
     return _atomic_dir(Path(final), write)
 
 
-def write_dataset(ds: Any, final: str | Path) -> Path:
-    """Write a Ray Dataset with Ray Data's Parquet writer as `part-<task>-*.parquet`, swapped in atomically."""
+def write_dataset(ds: Any, final: str | Path, schema: pa.Schema | None = None) -> Path:
+    """Write a Ray Dataset with Ray Data's Parquet writer as `part-<task>-*.parquet`, swapped in atomically.
+
+    Ray Data writes nothing for an empty dataset; then one empty file with `schema` keeps the folder readable.
+    """
     from ray.data.datasource import FilenameProvider
 
     class ShardNames(FilenameProvider):
@@ -64,6 +67,11 @@ def write_dataset(ds: Any, final: str | Path) -> Path:
 
     def write(tmp: Path) -> None:
         ds.write_parquet(str(tmp), filename_provider=ShardNames(), mode="overwrite")
+        if not tmp.is_dir() or not any(tmp.glob("*.parquet")):
+            if schema is None:
+                raise ValueError(f"nothing to write to {final} and no schema for an empty table")
+            tmp.mkdir(parents=True, exist_ok=True)
+            pq.write_table(schema.empty_table(), tmp / "part-00000.parquet")
 
     return _atomic_dir(Path(final), write)
 

@@ -39,8 +39,10 @@ def run_eval(cfg: EvalConfig, judge: RewardConfig, metrics_files: dict[str, Path
     models = [SourceModelConfig(**{**m.model_dump(), "sampling": cfg.sampling,
                                    "engine_kwargs": {**cfg.engine_kwargs, **m.engine_kwargs}, "pool": cfg.pool})
               for m in cfg.models]
-    gen = GenerateConfig(seed=cfg.seed, data=DataConfig(prompts=cfg.prompts, max_prompt_chars=cfg.max_prompt_chars),
-                         sources=models, reward=judge, output_dir=str(out / "generations"))
+    gen = GenerateConfig(seed=cfg.seed, data=DataConfig(prompts=cfg.prompts, split=cfg.prompts_split,
+                                                               max_prompt_chars=cfg.max_prompt_chars),
+                         sources=models, reward=judge, output_dir=str(out / "generations"),
+                         keep_truncated=True)  # every answer is judged as it is, cut or not
     generated = run_generate(gen)
     samples = pq.read_table(str(out / "generations" / "samples")).to_pylist()
     return write_report(cfg, samples, generated.summary, metrics_files, warning)

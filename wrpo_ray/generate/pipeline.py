@@ -127,7 +127,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     import ray
 
     out = Path(cfg.output_dir)
-    batch = read_prompts(cfg.data.prompts, max_prompt_chars=cfg.data.max_prompt_chars, strict=cfg.data.strict)
+    batch = read_prompts(cfg.data.prompts, max_prompt_chars=cfg.data.max_prompt_chars, strict=cfg.data.strict,
+                         split=cfg.data.split)
     quarantine = _quarantine_rows(batch.quarantined, "input")
     log.info("prompts: %d in, %d valid, %d quarantined", batch.rows_in, len(batch.valid), len(quarantine))
     if not batch.valid:
@@ -136,7 +137,9 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
 
     ensure_ray()
     scored_dir = out / "scored"
-    attempt = start_attempt(scored_dir, fingerprint([cfg.model_dump(exclude={"output_dir"}), batch.valid]))
+    # selection settings do not change what was generated: a new one re-selects without regenerating
+    generation = cfg.model_dump(exclude={"output_dir", "keep_truncated"})
+    attempt = start_attempt(scored_dir, fingerprint([generation, batch.valid]))
     n_per_model = {s.name: s.sampling.n for s in cfg.sources}
     before = scan(scored_dir, n_per_model)
     pending = {s.name: before.pending(batch.valid, s.name) for s in cfg.sources}
@@ -166,20 +169,20 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         {"prompt_id": pid, "model": model, "reason": "incomplete_samples: no attempt wrote all of this pair's samples"}
         for pid, model in sorted(state.incomplete)
     ], "generate")
-    write_dataset(good, out / "samples")
+    write_dataset(good, out / "samples", schema=SCORED)
 
     selections = good.groupby("prompt_id", num_partitions=_partitions(good.count())).map_groups(
         select_group, fn_kwargs={"keep_truncated": cfg.keep_truncated}, batch_format="pyarrow").materialize()
-    write_dataset(selections, out / "selections")
+    write_dataset(selections, out / "selections", schema=SELECTIONS)
 
-    stats = good.select_columns(["prompt_id", "model", "sample_idx", "num_tokens", "finish_reason"]).to_pandas()
+    stats = _frame(good, ["prompt_id", "model", "sample_idx", "num_tokens", "finish_reason"])
     truncated = stats[stats["finish_reason"] == "length"]
     if not cfg.keep_truncated:
         quarantine += _quarantine_rows([
             {"prompt_id": r.prompt_id, "model": r.model, "sample_idx": int(r.sample_idx),
              "reason": f"truncated_sample: stopped at max_tokens ({int(r.num_tokens)} tokens), not selectable"}
             for r in truncated.itertuples()], "select")
-    winners = selections.select_columns(["prompt_id", "source_model"]).to_pandas()
+    winners = _frame(selections, ["prompt_id", "source_model"])
     selected_ids = set(winners["prompt_id"])
     for row in batch.valid:
         if row["prompt_id"] not in selected_ids:
@@ -214,6 +217,14 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     }
     write_json(summary, out / "summary.json")
     return GenerateResult(output_dir=out, summary=summary)
+
+
+def _frame(ds: Any, columns: list[str]) -> Any:
+    """These columns as a pandas frame; an empty dataset (every sample failed or was cut) has no schema."""
+    import pandas as pd
+
+    frame = ds.select_columns(columns).to_pandas() if ds.count() else None
+    return frame if frame is not None and set(columns) <= set(frame.columns) else pd.DataFrame(columns=columns)
 
 
 def _partitions(rows: int, rows_per_partition: int = 50_000) -> int:

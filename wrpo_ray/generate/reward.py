@@ -29,31 +29,31 @@ def _torch_dtype(name: str):
 
 
 def scoring_pad_id(tokenizer: Any, sequences: list[list[int]]) -> int:
-    """A pad id for a batch of reward-model inputs that no sequence ends with.
+    """A pad id for a batch of reward-model inputs that occurs in none of them.
 
-    A sequence classifier reads the score at the rightmost token that is not the pad id. Reward models
-    built on Llama-3 have no pad token, and padding with EOS would make the model score the token before a
-    final EOS. With left padding and an id that no sequence ends with, the score is read at each sequence's
-    true last token: the tokenizer's pad id when that holds, else the smallest id that does.
+    Sequence classifiers find each row's last token from the pad id: current transformers take the rightmost
+    token that is not it, older and remote-code models the first pad minus one, or the attention mask's sum
+    minus one. Reward models built on Llama-3 have no pad token, and padding with EOS would make them score
+    the token before a final EOS. Right padding with an id that appears in no sequence satisfies all three:
+    the tokenizer's pad id when it is unused, else the smallest unused id.
     """
-    last = {seq[-1] for seq in sequences if seq}
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in last:
+    used = {token for seq in sequences for token in seq}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in used:
         return int(tokenizer.pad_token_id)
-    return next(i for i in range(len(last) + 1) if i not in last)
+    return next(i for i in range(len(used) + 1) if i not in used)
 
 
-def left_padded(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:
-    """`input_ids`, `attention_mask` and `position_ids` (counting from each sequence's first real token)."""
+def right_padded(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:
+    """`input_ids` and `attention_mask` of right-padded sequences."""
     import torch
 
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, seq in enumerate(sequences):
-        if seq:
-            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[i, width - len(seq):] = 1
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 class RewardModelScorer:
@@ -99,11 +99,10 @@ class RewardModelScorer:
             texts = [self._text(rows[i]["messages"], rows[i]["response"]) for i in todo]
             ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"][-self.max_length:] for t in texts]
             pad_id = scoring_pad_id(self.tokenizer, ids)
-            enc = left_padded(ids, pad_id)
             self.model.config.pad_token_id = pad_id
+            self.model.config.get_text_config().pad_token_id = pad_id
             with torch.inference_mode():
-                logits = self._scores(self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                                 position_ids=enc["position_ids"])).float().tolist()
+                logits = self._scores(self.model(**right_padded(ids, pad_id))).float().tolist()
             for i, v in zip(todo, logits, strict=True):
                 if math.isfinite(v):
                     rewards[i] = v

@@ -27,20 +27,6 @@ def rank(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(_valid(samples), key=lambda s: (-float(s["reward"]), str(s["model"]), int(s["sample_idx"])))
 
 
-def select_best(samples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The highest-reward sample of one prompt, or None if no sample has a finite reward."""
-    ranked = rank(samples)
-    return ranked[0] if ranked else None
-
-
-def select_best_and_worst(samples: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(best, worst) of one prompt, for y_wt / y_l; None when fewer than two scored samples or all tied."""
-    ranked = rank(samples)
-    if len(ranked) < 2 or float(ranked[0]["reward"]) == float(ranked[-1]["reward"]):
-        return None
-    return ranked[0], ranked[-1]
-
-
 def win_shares(winners: Iterable[str], models: Sequence[str]) -> dict[str, float]:
     """Share of prompts won by each model (the paper's Table 1); every configured model is listed."""
     counts = Counter(winners)

@@ -33,6 +33,10 @@ _TORCH_MAX_TOKEN_CHUNK = 4096
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+IGNORE_INDEX = -100
+"""The label of a position that is not scored (prompt, padding), as in PyTorch and transformers."""
+
+
 class TokenAndSequenceLogProbs(NamedTuple):
     token: torch.Tensor
     sequence: torch.Tensor
@@ -46,7 +50,7 @@ def linear_logprobs(
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
     temperature: float = 1.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     seq_ids: torch.Tensor | None = None,
     num_seqs: int | None = None,
     backend: Backend = "auto",

@@ -7,7 +7,7 @@ appended as an assistant turn, so it includes the end-of-turn text the model mus
 
 Label convention: ``labels[s, t]`` is the token at position ``t`` when it is scored, ``-100`` otherwise.
 A causal LM predicts token ``t`` from position ``t - 1``, so the log-prob of a labelled token comes from
-``logits[s, t - 1]``. :func:`next_token_targets` and :func:`per_token_targets` do the shift.
+``logits[s, t - 1]``. :func:`per_token_targets` does the shift.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from wrpo_ray.kernels import IGNORE_INDEX
 from wrpo_ray.train.preference_data import response_names
-
-IGNORE_INDEX = -100
 
 
 def tokenize_example(
@@ -31,8 +30,12 @@ def tokenize_example(
     max_length: int,
     max_prompt_length: int,
     chat_template: str | None = None,
+    label_prompt: bool = False,
 ) -> tuple[dict[str, list] | None, str | None, dict[str, Any]]:
     """Encode one example; ``(encoded, None, stats)`` or ``(None, reason, stats)``.
+
+    With ``label_prompt`` the prompt tokens are labelled too (a loss on the whole sequence, as in the
+    official WRPO Target-SFT recipe); ``num_response_tokens`` still counts the completion only.
 
     Truncation: a prompt longer than ``max_prompt_length`` keeps its *last* tokens (the question usually
     ends the prompt), then each completion is cut from the right to fit ``max_length`` with the prompt.
@@ -72,7 +75,7 @@ def tokenize_example(
         return None, f"all_response_tokens_truncated: {', '.join(empty)}", stats
     encoded = {
         "input_ids": [prompt_ids + ids for ids in completion_ids],
-        "labels": [[IGNORE_INDEX] * len(prompt_ids) + ids for ids in completion_ids],
+        "labels": [(prompt_ids if label_prompt else [IGNORE_INDEX] * len(prompt_ids)) + ids for ids in completion_ids],
         "num_response_tokens": [len(ids) for ids in completion_ids],
     }
     return encoded, None, stats
@@ -162,11 +165,6 @@ def collate(
     return batch
 
 
-def next_token_targets(labels: Tensor) -> Tensor:
-    """``labels[:, 1:]``: the target of ``logits[:, :-1]``, so that position ``t - 1`` scores token ``t``."""
-    return labels[..., 1:]
-
-
 def per_token_targets(labels: Tensor) -> Tensor:
     """Targets aligned with every position: ``targets[:, t] = labels[:, t + 1]``, ``-100`` at the last one.
 
@@ -175,17 +173,3 @@ def per_token_targets(labels: Tensor) -> Tensor:
     targets = torch.full_like(labels, IGNORE_INDEX)
     targets[..., :-1] = labels[..., 1:]
     return targets
-
-
-def sequence_logps_naive(logits: Tensor, labels: Tensor) -> Tensor:
-    """Summed log-prob of the labelled tokens of each sequence: ``[S, T, V]``, ``[S, T]`` -> ``[S]``.
-
-    Materialises the full log-softmax, in float64 when the logits are float64 and float32 otherwise: the
-    reference for the fused kernel and the slow path.
-    """
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    targets = per_token_targets(labels)
-    mask = targets != IGNORE_INDEX
-    logps = torch.log_softmax(logits.to(dtype), dim=-1)
-    token_logps = logps.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(mask, token_logps, torch.zeros_like(token_logps)).sum(-1)

@@ -13,7 +13,9 @@ WRPO with ``alpha = 0`` is the inner objective on ``(y_wt, y_l)`` and with ``alp
 
 IPO has no ``beta``; its rewards are reported as ``tau * r(y)`` so that they sit on the same scale as
 DPO's when ``tau == beta``. By default IPO log-ratios are averaged per response token, as in TRL's IPO;
-``LossConfig.ipo_length_normalize=False`` uses summed log-ratios as written in the IPO paper.
+``LossConfig.ipo_length_normalize=False`` uses summed log-ratios as written in the IPO and WRPO papers.
+The default is the mean because Table 6's ``tau = 0.01`` was tuned with the official WRPO code, which runs
+TRL's IPO; with summed log-ratios the same ``tau`` asks for a margin about |y| times smaller per token.
 
 This module imports nothing from Ray so it can be tested and reused on its own.
 """

@@ -98,9 +98,15 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
         raise InputError(f"no usable training rows in {cfg.data}; see {out / 'quarantine'}")
     ensure_ray()
     data, truncation = tokenize(cfg, rows)
+    num_rows = data.count()
+    if num_rows < cfg.num_workers * cfg.micro_batch_size * cfg.gradient_accumulation_steps:
+        write_table(pa.Table.from_pylist(rows.quarantine, schema=QUARANTINE), out / "quarantine")
+        raise InputError(f"{num_rows} usable rows < one optimizer step ({cfg.num_workers} workers x "
+                         f"{cfg.micro_batch_size} micro batch x {cfg.gradient_accumulation_steps} accumulation); "
+                         f"see {out / 'quarantine'}")
     data, reference, ref_seconds = reference_logps(cfg, stage, data)
-    spec, order = loop_spec(cfg, stage, data.count(), reference, out)
-    resume = resume_point(out, spec, rows.examples)
+    spec, order = loop_spec(cfg, stage, num_rows, reference, out)
+    resume = resume_point(out, spec, cfg, rows.examples)
     log.info("%s: %d rows, %d optimizer steps (%d per epoch), resume from %s", stage.name, spec.num_rows,
              spec.total_steps, order.steps_per_epoch, resume)
     result, train_seconds = fit(cfg, spec, data, out / "checkpoints", resume)
@@ -187,7 +193,8 @@ def tokenize(cfg: TrainerSettings, rows: Rows) -> tuple[Any, dict[str, int]]:
         fn_constructor_kwargs={"tokenizer_path": resolve_model_path(cfg.policy.path),
                                "chat_template": cfg.policy.chat_template, "max_length": cfg.max_length,
                                "max_prompt_length": cfg.max_prompt_length,
-                               "trust_remote_code": cfg.policy.trust_remote_code},
+                               "trust_remote_code": cfg.policy.trust_remote_code,
+                               "label_prompt": isinstance(cfg, SftConfig) and not cfg.completion_only_loss},
     ).materialize()
     bad = ds.map_batches(lambda t: t.filter(pc.invert(pc.is_null(t["error"]))), batch_format="pyarrow")
     rows.quarantine += [quarantine_row("tokenize", r["prompt_id"], r["error"])
@@ -217,11 +224,16 @@ def reference_logps(cfg: TrainerSettings, stage: TrainingStage, ds: Any) -> tupl
     t0 = time.perf_counter()
     ds = ds.map_batches(
         ReferenceLogps, batch_format="pyarrow", batch_size=max(1, cfg.micro_batch_size),
-        concurrency=cfg.num_workers, num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
         fn_constructor_kwargs={"model_path": resolve_model_path(model.path), "dtype": cfg.policy.dtype,
                                "trust_remote_code": model.trust_remote_code},
+        **reference_resources(cfg),
     ).materialize()
     return ds, "precomputed column", time.perf_counter() - t0
+
+
+def reference_resources(cfg: TrainerSettings) -> dict[str, Any]:
+    """One reference actor per training worker, each reserving what that worker reserves."""
+    return {"concurrency": cfg.num_workers, "num_cpus": cfg.cpus_per_worker, "num_gpus": 1 if cfg.use_gpu else 0}
 
 
 def _null_count(ds: Any, column: str) -> int:
@@ -259,22 +271,35 @@ def loop_spec(cfg: TrainerSettings, stage: TrainingStage, num_rows: int, referen
     return spec, order
 
 
-def resume_point(out: Path, spec: LoopSpec, examples: list[dict[str, Any]]) -> str | None:
-    """The latest checkpoint of an interrupted run of the same spec and data; any other run's are cleared.
+def resume_point(out: Path, spec: LoopSpec, cfg: TrainerSettings, examples: list[dict[str, Any]]) -> str | None:
+    """The latest checkpoint of an interrupted run of the same settings and data; any other run's are cleared.
 
-    Resuming another run's checkpoint (a retrained reference, a new learning rate) would silently train
-    from the wrong weights, or not at all when that run had finished.
+    Resuming another run's checkpoint (a retrained reference, a new learning rate or max_length) would
+    silently train from the wrong weights, or not at all when that run had finished. Metrics logged after
+    the checkpoint (a run that died between two saves) are dropped: the resumed run logs those steps again.
     """
-    _start_or_continue(out / "checkpoints", out / "metrics.jsonl", _run_fingerprint(spec, examples))
+    metrics = out / "metrics.jsonl"
+    _start_or_continue(out / "checkpoints", metrics, _run_fingerprint(spec, cfg, examples))
     latest = _latest_checkpoint(out / "checkpoints" / "run")
+    _drop_metrics_after(metrics, int(latest.name.split("-")[1]) if latest else 0)
     return str(latest) if latest else None
 
 
-def _run_fingerprint(spec: LoopSpec, examples: list[dict[str, Any]]) -> str:
+def _run_fingerprint(spec: LoopSpec, cfg: TrainerSettings, examples: list[dict[str, Any]]) -> str:
     # where to stop and how often to log or save do not change the trajectory, so a run may resume across them
     ignored = ("max_steps", "logging_steps", "save_steps", "tensorboard_dir", "metrics_file")
     run = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ignored}
-    return fingerprint([run, examples])
+    settings = cfg.model_dump(exclude={"max_steps", "logging_steps", "save_steps", "output_dir"})
+    return fingerprint([run, settings, examples])
+
+
+def _drop_metrics_after(metrics_file: Path, step: int) -> None:
+    if not metrics_file.is_file():
+        return
+    lines = metrics_file.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        metrics_file.write_text("".join(line + "\n" for line in kept))
 
 
 def _start_or_continue(storage: Path, metrics_file: Path, fingerprint: str) -> None:
@@ -296,8 +321,10 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 def fit(cfg: TrainerSettings, spec: LoopSpec, ds: Any, storage: Path, resume: str | None) -> tuple[Any, float]:
     """Ray Train + DeepSpeed. Every worker gets the whole (tokenized) dataset and draws its own micro-batches
     from it by `DataOrder`, so no split of Ray Data's decides which worker sees which row."""
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from wrpo_ray.console import verbose
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -305,7 +332,8 @@ def fit(cfg: TrainerSettings, spec: LoopSpec, ds: Any, storage: Path, resume: st
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name="run", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
         datasets={"train": ds},
         dataset_config=DataConfig(datasets_to_split=[]),
     )

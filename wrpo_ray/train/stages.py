@@ -15,13 +15,14 @@ class TokenizeBatch:
     """Adds `input_ids`, `labels` (prompt masked), `num_response_tokens`; rows that cannot be used get `error`."""
 
     def __init__(self, tokenizer_path: str, chat_template: str | None, max_length: int, max_prompt_length: int,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, label_prompt: bool = False) -> None:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
         self.chat_template = chat_template
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
+        self.label_prompt = label_prompt
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from wrpo_ray.train.batching import tokenize_example
@@ -31,6 +32,7 @@ class TokenizeBatch:
             enc, reason, stats = tokenize_example(
                 self.tokenizer, row["messages"], row["responses"], max_length=self.max_length,
                 max_prompt_length=self.max_prompt_length, chat_template=self.chat_template,
+                label_prompt=self.label_prompt,
             )
             out.append({
                 "row": row["row"],

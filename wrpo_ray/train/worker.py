@@ -10,6 +10,7 @@ what an uninterrupted one would.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -114,9 +115,12 @@ def setup(spec: LoopSpec, resume_from: str | None) -> Worker:
     import ray.train
     from transformers import AutoTokenizer
 
+    from wrpo_ray.console import verbose
     from wrpo_ray.train.batching import padding_id
     from wrpo_ray.train.policy import SequenceLogprobs, load_causal_lm, local_device, resolve_dtype
 
+    if not verbose():
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     torch.manual_seed(spec.seed)
     device = local_device()
@@ -158,6 +162,9 @@ def _all_rows(expected: int):
     import pyarrow as pa
     import ray.train
 
+    from wrpo_ray.console import quiet_ray_data
+
+    quiet_ray_data()
     shard = ray.train.get_dataset_shard("train")
     table = pa.concat_tables(list(shard.iter_batches(batch_format="pyarrow", batch_size=4096)))
     if table.num_rows != expected:
@@ -194,8 +201,8 @@ def train(w: Worker) -> None:
         epoch, _ = w.order.position(step)
         if w.step % spec.logging_steps == 0 or w.step == last_step:
             step_s = (time.perf_counter() - t_window) / (w.step - logged_step)
-            metrics = _log(window, w.step, epoch, w.scheduler.get_last_lr()[0], step_s, writer, dist,
-                           spec.metrics_file)
+            metrics = _log(window, w.step, epoch + 1, w.scheduler.get_last_lr()[0], step_s, writer, dist,
+                           spec.metrics_file, w.device)
             window, logged_step = [], w.step
         if w.step == last_step or (spec.save_steps and w.step % spec.save_steps == 0):
             checkpoint(w, metrics, with_model=w.step == last_step)
@@ -238,19 +245,21 @@ def _preference_step(w: Worker, batch, step: int):
     return out.losses.mean(), metrics
 
 
-def _log(window, step, epoch, lr, step_s, writer, dist, metrics_file: str) -> dict[str, float]:
+def _log(window, step, epoch, lr, step_s, writer, dist, metrics_file: str, device: torch.device) -> dict[str, float]:
     """Average the window's metrics over micro-batches and workers; rank 0 writes TensorBoard and JSONL.
 
     `seconds_per_step` is rank 0's wall time per optimizer step since the last log: reading the batches,
     forward, backward and the optimizer step, without logging, reporting to Ray Train or checkpointing
-    (the workers wait for each other at every step, so the ranks agree to within a step)."""
+    (the workers wait for each other at every step, so the ranks agree to within a step). `epoch` counts from 1.
+    The reduction runs on the worker's device: NCCL reduces CUDA tensors only."""
     import ray.train
 
     keys = sorted(window[0])
-    local = torch.stack([torch.stack([w[k].float().cpu() for w in window]).mean() for k in keys])
+    local = torch.stack([torch.stack([w[k].detach().float().to(device) for w in window]).mean() for k in keys])
     if dist.is_initialized():
         dist.all_reduce(local)
         local /= dist.get_world_size()
+    local = local.cpu()
     metrics = {k: float(v) for k, v in zip(keys, local, strict=True)}
     metrics.update({"step": step, "epoch": epoch, "lr": lr, "seconds_per_step": step_s})
     if writer is not None:
