@@ -1,9 +1,10 @@
 """What a person sees: by default one line per stage, one per logging step and the summaries; everything
 else goes to log files under the run's output directory. `--verbose` (or WRPO_RAY_VERBOSE=1) shows it all.
 
-The engines, Ray Data, Ray Train, DeepSpeed and transformers each log at start-up or per batch. In the
-worker processes they are quietened through environment variables that Ray passes in the runtime
-environment; on the driver, their loggers keep writing to the log file but stop at warnings on the console.
+The engines, Ray Data, Ray Train, DeepSpeed and transformers each log at start-up or per batch, from worker
+processes. By default Ray keeps every worker's output in its session's log files (`ray.init(log_to_driver=
+False)`, linked from `OUTPUT_DIR/logs/ray`), the driver prints each training step from the run's
+`metrics.jsonl`, and other libraries' driver-side records below WARNING reach only `OUTPUT_DIR/logs/driver.log`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,6 @@ from pathlib import Path
 
 VERBOSE_ENV = "WRPO_RAY_VERBOSE"
 
-QUIET_WORKER_ENV = {
-    "VLLM_LOGGING_LEVEL": "WARNING",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' per-shard "Loading weights" bars
-    "TRANSFORMERS_VERBOSITY": "error",
-    # DeepSpeed calls torch.distributed collectives that torch deprecates; nothing this project can change
-    "PYTHONWARNINGS": "ignore::FutureWarning:torch.distributed.c10d_logger",
-}
-"""Environment of Ray workers when the console is quiet."""
-
 NOISY_LOGGERS = ("ray", "vllm", "deepspeed", "DeepSpeed", "transformers", "torch", "filelock", "urllib3")
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -34,17 +26,14 @@ def verbose() -> bool:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment variables for Ray workers: quiet ones unless verbose."""
-    return {VERBOSE_ENV: "1"} if verbose() else dict(QUIET_WORKER_ENV)
+    """Environment variables Ray passes to its workers."""
+    return {VERBOSE_ENV: "1"} if verbose() else {}
 
 
 def setup_console(verbose_flag: bool) -> None:
     """Console logging of the `wrpo-ray` command: this project's INFO lines; other libraries' warnings."""
     if verbose_flag:
         os.environ[VERBOSE_ENV] = "1"
-    else:
-        for key, value in QUIET_WORKER_ENV.items():
-            os.environ.setdefault(key, value)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
@@ -95,13 +84,12 @@ def link_ray_logs(logs: Path, session_dir: str | None) -> Path | None:
 def quiet_ray_data() -> None:
     """Ray Data logs every execution plan to its own console handler: warnings only there, unless verbose.
 
-    Its full log stays in the Ray session's `ray-data.log`; one overall progress bar per dataset remains.
+    Its full log stays in the Ray session's `ray-data.log`; its progress bars stay on a terminal.
     """
     if verbose():
         return
-    import ray.data
+    import ray.data  # noqa: F401  (configures the `ray.data` logger)
 
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
             handler.setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_operator_progress_bars = False

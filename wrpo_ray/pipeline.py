@@ -88,12 +88,18 @@ def write_target_prompts(selections: Path, out: Path, seed: int, fraction: float
 
 
 def build_quadruples(sources: Path, target: Path, out: Path) -> dict[str, Any]:
-    """Join y_ws (sources) with y_wt / y_l (target samples); prompts whose target samples all tie are set aside."""
+    """Join y_ws (sources) with y_wt / y_l (target samples); prompts with fewer than two selectable target
+    samples, or whose samples all tie, are set aside with the reason."""
     by_id = {r["prompt_id"]: r for r in _rows(sources)}
     quads, quarantine = [], []
     for t in _rows(target):
         s = by_id.get(t["prompt_id"])
         if s is None:
+            continue
+        if t["num_candidates"] < 2:
+            quarantine.append({"stage": "preference", "prompt_id": t["prompt_id"],
+                               "reason": f"too_few_target_samples: {t['num_candidates']} selectable (the rest "
+                                         "failed or stopped at max_tokens)"})
             continue
         if t["reward_ws"] == t["reward_worst"]:
             quarantine.append({"stage": "preference", "prompt_id": t["prompt_id"],
@@ -219,7 +225,8 @@ def format_pipeline_summary(summary: dict[str, Any]) -> str:
     if "preference" in stages:
         p = stages["preference"]
         parts += ["", f"== preference data == {p['quadruples']} quadruples, {p['quarantined']} set aside "
-                      f"(target samples tied), y_ws above y_wt in {p['y_ws_above_y_wt']}"]
+                      "(fewer than two selectable target samples, or all tied), "
+                      f"y_ws above y_wt in {p['y_ws_above_y_wt']}"]
     if "eval" in stages:
         parts += ["", "== evaluation (Table 2) ==", stages["eval"]["table"]]
         if stages["eval"].get("plots"):

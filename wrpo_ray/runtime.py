@@ -17,7 +17,7 @@ def ensure_ray() -> str | None:
     """Connect once; returns the Ray session's directory (its `logs/` holds every worker's output)."""
     import ray
 
-    from wrpo_ray.console import quiet_ray_data, worker_env
+    from wrpo_ray.console import quiet_ray_data, verbose, worker_env
 
     global _session_dir
     if ray.is_initialized():
@@ -27,7 +27,7 @@ def ensure_ray() -> str | None:
     context = ray.init(
         address=os.environ.get("RAY_ADDRESS"),
         runtime_env={"env_vars": env} if env else None,
-        log_to_driver=True,
+        log_to_driver=verbose(),  # otherwise every worker's output stays in the session's log files
     )
     _session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")  # none under Ray Client
     quiet_ray_data()

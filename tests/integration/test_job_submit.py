@@ -136,6 +136,14 @@ def test_tiny_pipeline_job_succeeds(head, tmp_path):
     assert "succeeded" in status, logs[-6000:]
     assert "Table 2" in logs and "Target-SFT-WRPO" in logs
 
+    # a console a person can read: each logged step once, no engine start-up logs, no report dumps
+    out = tmp_path / "out"
+    logged = sum(len((out / stage / "metrics.jsonl").read_text().splitlines()) for stage in ("sft", "wrpo"))
+    assert sum(line.startswith("step ") and " (epoch " in line for line in logs.splitlines()) == logged
+    for noise in ("TrainingReport(", "Loading safetensors checkpoint shards", "(EngineCore", "Execution plan"):
+        assert noise not in logs, noise
+    assert "full logs: " in logs and (out / "logs" / "driver.log").stat().st_size > 0
+
     out = tmp_path / "out"
     pipeline = json.loads((out / "pipeline.json").read_text())
     assert set(pipeline["stages"]) == {"sources", "sft", "target", "preference", "wrpo", "eval"}

@@ -8,10 +8,10 @@ from wrpo_ray.pipeline import StageRunner, build_quadruples, write_target_prompt
 from wrpo_ray.train.preference_data import in_sft_split
 
 
-def _sel(pid, best, reward, worst=None, reward_worst=None, model="m"):
+def _sel(pid, best, reward, worst=None, reward_worst=None, model="m", candidates=2):
     return {"prompt_id": pid, "prompt": f"p{pid}", "messages": [{"role": "user", "content": f"p{pid}"}],
             "metadata": json.dumps({"answer": "a"}), "y_ws": best, "reward_ws": reward, "source_model": model,
-            "source_sample_idx": 0, "num_tokens_ws": 1, "num_candidates": 2, "rewards_by_model": "{}",
+            "source_sample_idx": 0, "num_tokens_ws": 1, "num_candidates": candidates, "rewards_by_model": "{}",
             "y_worst": worst or best, "reward_worst": reward if reward_worst is None else reward_worst,
             "worst_model": model}
 
@@ -90,14 +90,16 @@ def test_resume_fingerprint_sees_every_trajectory_setting():
 def test_quadruples_join_sources_and_target(tmp_path):
     write_table(pa.Table.from_pylist([_sel("1", "src1", 0.9), _sel("2", "src2", 0.8), _sel("3", "src3", 0.1)],
                                      schema=SELECTIONS), tmp_path / "sources")
-    write_table(pa.Table.from_pylist([_sel("1", "t1-best", 0.5, "t1-worst", 0.1), _sel("2", "t2", 0.3, "t2b", 0.3)],
+    write_table(pa.Table.from_pylist([_sel("1", "t1-best", 0.5, "t1-worst", 0.1), _sel("2", "t2", 0.3, "t2b", 0.3),
+                                      _sel("3", "t3", 0.9, candidates=1)],
                                      schema=SELECTIONS), tmp_path / "target")
     summary = build_quadruples(tmp_path / "sources", tmp_path / "target", tmp_path / "pref")
-    assert summary == {"quadruples": 1, "quarantined": 1, "target_rows": 2, "y_ws_above_y_wt": 1}
+    assert summary == {"quadruples": 1, "quarantined": 2, "target_rows": 3, "y_ws_above_y_wt": 1}
     (row,) = read_table(tmp_path / "pref" / "data").to_pylist()
     assert (row["y_ws"], row["y_wt"], row["y_l"]) == ("src1", "t1-best", "t1-worst")
-    (q,) = read_table(tmp_path / "pref" / "quarantine").to_pylist()
-    assert q["prompt_id"] == "2" and q["reason"].startswith("target_samples_tied")
+    q = sorted(read_table(tmp_path / "pref" / "quarantine").to_pylist(), key=lambda r: r["prompt_id"])
+    assert q[0]["prompt_id"] == "2" and q[0]["reason"].startswith("target_samples_tied")
+    assert q[1]["prompt_id"] == "3" and q[1]["reason"].startswith("too_few_target_samples")
 
 
 def test_target_prompts_are_the_complement_of_the_sft_split(tmp_path):

@@ -37,6 +37,7 @@ class GenerateResult:
 
 def source_samples(prompts: dict[str, Any], cfg: GenerateConfig) -> Any:
     """One vLLM actor pool per source model over its prompts (by source name), unioned into one dataset."""
+    import ray
     branches = []
     for i, src in enumerate(cfg.sources):
         if src.name not in prompts:
@@ -52,7 +53,7 @@ def source_samples(prompts: dict[str, Any], cfg: GenerateConfig) -> Any:
                 },
                 batch_format="pyarrow",
                 batch_size=pool.batch_size,
-                concurrency=pool.concurrency,
+                compute=ray.data.ActorPoolStrategy(size=pool.concurrency),
                 num_cpus=pool.num_cpus,
                 num_gpus=pool.num_gpus,
             )
@@ -62,10 +63,12 @@ def source_samples(prompts: dict[str, Any], cfg: GenerateConfig) -> Any:
 
 def score(samples: Any, cfg: GenerateConfig) -> Any:
     """Add a `reward` column with the reward model's actor pool or the Python verifier."""
+    import ray
+
     reward = cfg.reward
     if reward.verifier is not None:
         return samples.map_batches(VerifierScorer, fn_constructor_kwargs={"spec": reward.verifier},
-                                   batch_format="pyarrow", concurrency=1, num_cpus=0.25)
+                                   batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
     rm = reward.model
     return samples.map_batches(
         RewardModelScorer,
@@ -73,7 +76,7 @@ def score(samples: Any, cfg: GenerateConfig) -> Any:
                                "max_length": reward.max_length},
         batch_format="pyarrow",
         batch_size=rm.pool.batch_size,
-        concurrency=rm.pool.concurrency,
+        compute=ray.data.ActorPoolStrategy(size=rm.pool.concurrency),
         num_cpus=rm.pool.num_cpus,
         num_gpus=rm.pool.num_gpus,
     )

@@ -8,12 +8,15 @@ the row order and resume cursor `train/cursor.py`, the data contracts `data/sche
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
 import statistics
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +33,7 @@ from wrpo_ray.train.cursor import DataOrder
 from wrpo_ray.train.losses import LossConfig
 from wrpo_ray.train.preference_data import Kind, in_sft_split, normalize_preference_row
 from wrpo_ray.train.stages import ReferenceLogps, TokenizeBatch, quarantine_row
-from wrpo_ray.train.worker import CKPT_TAG, LoopSpec, train_loop_per_worker
+from wrpo_ray.train.worker import CKPT_TAG, LoopSpec, format_step, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +192,7 @@ def tokenize(cfg: TrainerSettings, rows: Rows) -> tuple[Any, dict[str, int]]:
     # Ray Data's default of 200 blocks costs a small run seconds of per-block overhead in every stage below
     blocks = max(1, min(200, len(rows.examples) // 1000))
     ds = ray.data.from_items(rows.examples, override_num_blocks=blocks).map_batches(
-        TokenizeBatch, batch_format="pyarrow", concurrency=1, num_cpus=0.5,
+        TokenizeBatch, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5,
         fn_constructor_kwargs={"tokenizer_path": resolve_model_path(cfg.policy.path),
                                "chat_template": cfg.policy.chat_template, "max_length": cfg.max_length,
                                "max_prompt_length": cfg.max_prompt_length,
@@ -220,20 +223,24 @@ def reference_logps(cfg: TrainerSettings, stage: TrainingStage, ds: Any) -> tupl
         return ds, "precomputed column (input)", 0.0
     if not cfg.precompute_reference:
         return ds, "frozen model", 0.0
+    import ray
+
     model = cfg.reference or cfg.policy
+    resources = reference_resources(cfg)
     t0 = time.perf_counter()
     ds = ds.map_batches(
         ReferenceLogps, batch_format="pyarrow", batch_size=max(1, cfg.micro_batch_size),
         fn_constructor_kwargs={"model_path": resolve_model_path(model.path), "dtype": cfg.policy.dtype,
                                "trust_remote_code": model.trust_remote_code},
-        **reference_resources(cfg),
+        compute=ray.data.ActorPoolStrategy(size=resources["actors"]), num_cpus=resources["num_cpus"],
+        num_gpus=resources["num_gpus"],
     ).materialize()
     return ds, "precomputed column", time.perf_counter() - t0
 
 
 def reference_resources(cfg: TrainerSettings) -> dict[str, Any]:
     """One reference actor per training worker, each reserving what that worker reserves."""
-    return {"concurrency": cfg.num_workers, "num_cpus": cfg.cpus_per_worker, "num_gpus": 1 if cfg.use_gpu else 0}
+    return {"actors": cfg.num_workers, "num_cpus": cfg.cpus_per_worker, "num_gpus": 1 if cfg.use_gpu else 0}
 
 
 def _null_count(ds: Any, column: str) -> int:
@@ -338,8 +345,46 @@ def fit(cfg: TrainerSettings, spec: LoopSpec, ds: Any, storage: Path, resume: st
         dataset_config=DataConfig(datasets_to_split=[]),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    with echo_steps(Path(spec.metrics_file), enabled=not verbose()):
+        result = trainer.fit()
     return result, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def echo_steps(metrics_file: Path, enabled: bool) -> Iterator[None]:
+    """Print every step rank 0 logs to `metrics.jsonl` while training runs.
+
+    The workers' own output stays in the Ray session's log files unless the console is verbose, so the
+    driver follows the metrics file instead (on a cluster it lies on the shared output storage).
+    """
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+    start = metrics_file.stat().st_size if metrics_file.is_file() else 0
+
+    def follow() -> None:
+        offset = start
+        while True:
+            finished = stop.wait(1.0)
+            if metrics_file.is_file():
+                with open(metrics_file, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                whole = chunk[: chunk.rfind(b"\n") + 1]
+                offset += len(whole)
+                for line in whole.decode().splitlines():
+                    print(format_step(json.loads(line)), flush=True)
+            if finished:
+                return
+
+    thread = threading.Thread(target=follow, name="echo-steps", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 # --- 5. export and summarise --------------------------------------------------------------------------

@@ -269,11 +269,17 @@ def _log(window, step, epoch, lr, step_s, writer, dist, metrics_file: str, devic
         writer.flush()
         with open(metrics_file, "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        shown = ("loss", "nll", "rewards/margins", "rewards/accuracies", "alpha", "logps/ref_abs_diff", "lr")
-        print(f"step {step} (epoch {epoch}) " + " ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics),
-              flush=True)
+        print(format_step(metrics), flush=True)
     ray.train.report(metrics)
     return metrics
+
+
+def format_step(metrics: dict[str, float]) -> str:
+    """One console line per logged step: the loss and the paper's Figure 3 headline metrics."""
+    shown = ("loss", "nll", "rewards/margins", "rewards/accuracies", "alpha", "logps/ref_abs_diff", "lr",
+             "seconds_per_step")
+    return (f"step {metrics['step']} (epoch {metrics.get('epoch', '?')}) "
+            + " ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics))
 
 
 def checkpoint(w: Worker, metrics: dict[str, float], with_model: bool) -> None:
