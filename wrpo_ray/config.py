@@ -37,12 +37,49 @@ class SamplingConfig(_Strict):
 
 
 class PoolConfig(_Strict):
-    """Ray actor-pool resources for one model."""
+    """Ray actor-pool resources for one model.
 
-    concurrency: int = Field(1, ge=1, le=4096)
+    `concurrency` is a fixed number of actors, or `[min, max]`: Ray Data starts `min` and adds actors up to
+    `max` while work is queued and the cluster (or its autoscaler) has room, as spot capacity arrives.
+    `resources` are custom Ray resources each actor also asks for; on a cluster from `cluster/`,
+    `{wrpo_spot: 1}` places the pool on the spot generation nodes (`wrpo_ray.placement`).
+    """
+
+    concurrency: int | tuple[int, int] = 1
     num_cpus: float = Field(1.0, ge=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
     batch_size: int = Field(16, ge=1, le=65536)
+    resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("concurrency")
+    @classmethod
+    def _sizes(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:
+        low, high = (v, v) if isinstance(v, int) else v
+        if not 1 <= low <= high <= 4096:
+            raise ValueError(f"concurrency must be n or [min, max] with 1 <= min <= max <= 4096, got {v}")
+        return v
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_only(cls, v: dict[str, float]) -> dict[str, float]:
+        taken = sorted(set(v) & {"CPU", "GPU", "memory"})
+        if taken:
+            raise ValueError(f"{taken} are set by num_cpus / num_gpus, not by resources")
+        if any(x < 0 for x in v.values()):
+            raise ValueError("resource amounts must be >= 0")
+        return v
+
+    @property
+    def max_actors(self) -> int:
+        return self.concurrency if isinstance(self.concurrency, int) else self.concurrency[1]
+
+    def compute(self):
+        """Ray Data's actor-pool strategy for this pool."""
+        import ray.data
+
+        if isinstance(self.concurrency, int):
+            return ray.data.ActorPoolStrategy(size=self.concurrency)
+        return ray.data.ActorPoolStrategy(min_size=self.concurrency[0], max_size=self.concurrency[1])
 
 
 class ModelConfig(_Strict):
@@ -163,6 +200,9 @@ class TrainerSettings(_Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources of each training worker (and reference actor): `{wrpo_train: 1}` keeps training
+    on the on-demand training nodes of a cluster from `cluster/`."""
     zero_stage: int = Field(3, ge=0, le=3)
     micro_batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -518,7 +558,8 @@ def _check_trainer_resources(cfg: WrpoConfig, report: ConfigReport) -> None:
                                    "no checkpoint before the end")
 
 
-def _pools(cfg: WrpoConfig) -> list[tuple[str, PoolConfig, dict[str, Any]]]:
+def actor_pools(cfg: WrpoConfig) -> list[tuple[str, PoolConfig, dict[str, Any]]]:
+    """`(where, pool, engine_kwargs)` of every actor pool the config starts."""
     pools: list[tuple[str, PoolConfig, dict[str, Any]]] = []
     if cfg.generate is not None:
         pools += [(f"generate.sources.{i}", s.pool, s.engine_kwargs) for i, s in enumerate(cfg.generate.sources)]
@@ -536,14 +577,14 @@ def _pools(cfg: WrpoConfig) -> list[tuple[str, PoolConfig, dict[str, Any]]]:
 def _check_pools(cfg: WrpoConfig, report: ConfigReport) -> None:
     """Note what every pool asks for; warn when an actor reserves fewer GPUs than its engine's tensor-parallel
     degree (Ray would schedule more engines on a node than it has GPUs for)."""
-    for where, pool, engine_kwargs in _pools(cfg):
+    for where, pool, engine_kwargs in actor_pools(cfg):
         tp = engine_kwargs.get("tensor_parallel_size", 1)
         if pool.num_gpus > 0 and isinstance(tp, int) and tp > pool.num_gpus:
             report.warnings.append(f"{where}: engine_kwargs.tensor_parallel_size {tp} uses {tp} GPUs per actor, "
                                    f"pool.num_gpus reserves {pool.num_gpus:g}")
         if pool.num_gpus > 0:
-            report.notes.append(f"{where}: {pool.concurrency} actor(s) x {pool.num_gpus:g} GPUs = "
-                                f"{pool.concurrency * pool.num_gpus:g} GPUs")
+            report.notes.append(f"{where}: up to {pool.max_actors} actor(s) x {pool.num_gpus:g} GPUs = "
+                                f"{pool.max_actors * pool.num_gpus:g} GPUs")
 
 
 def _check_loss(cfg: WrpoConfig, report: ConfigReport) -> None:

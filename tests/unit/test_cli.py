@@ -138,7 +138,7 @@ def test_validate_checks_tensor_parallel_against_pool_gpus(capsys):
     assert rc == 0
     assert "warning: target: engine_kwargs.tensor_parallel_size 2 uses 2 GPUs per actor, pool.num_gpus reserves 1" \
         in out
-    assert "note: target: 1 actor(s) x 1 GPUs = 1 GPUs" in out
+    assert "note: target: up to 1 actor(s) x 1 GPUs = 1 GPUs" in out
 
 
 def test_validate_reports_gpus_needed_by_training(capsys):

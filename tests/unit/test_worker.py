@@ -17,10 +17,11 @@ def _spec(**kw):
 
 def test_reference_stage_reserves_what_a_training_worker_reserves():
     policy = {"name": "t", "path": "toy://target"}
-    gpu = PreferenceTrainConfig(policy=policy, num_workers=8, use_gpu=True, cpus_per_worker=8)
-    assert reference_resources(gpu) == {"actors": 8, "num_cpus": 8, "num_gpus": 1}
+    gpu = PreferenceTrainConfig(policy=policy, num_workers=8, use_gpu=True, cpus_per_worker=8,
+                                resources_per_worker={"wrpo_train": 1})
+    assert reference_resources(gpu) == {"actors": 8, "num_cpus": 8, "num_gpus": 1, "custom": {"wrpo_train": 1}}
     cpu = PreferenceTrainConfig(policy=policy, num_workers=2, cpus_per_worker=0.5)
-    assert reference_resources(cpu) == {"actors": 2, "num_cpus": 0.5, "num_gpus": 0}
+    assert reference_resources(cpu) == {"actors": 2, "num_cpus": 0.5, "num_gpus": 0, "custom": {}}
 
 
 @pytest.mark.parametrize("dtype,bf16,fp16", [(torch.float32, False, False), (torch.bfloat16, True, False),

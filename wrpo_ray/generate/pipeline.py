@@ -37,7 +37,6 @@ class GenerateResult:
 
 def source_samples(prompts: dict[str, Any], cfg: GenerateConfig) -> Any:
     """One vLLM actor pool per source model over its prompts (by source name), unioned into one dataset."""
-    import ray
     branches = []
     for i, src in enumerate(cfg.sources):
         if src.name not in prompts:
@@ -53,9 +52,10 @@ def source_samples(prompts: dict[str, Any], cfg: GenerateConfig) -> Any:
                 },
                 batch_format="pyarrow",
                 batch_size=pool.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=pool.concurrency),
+                compute=pool.compute(),
                 num_cpus=pool.num_cpus,
                 num_gpus=pool.num_gpus,
+                resources=pool.resources or None,
             )
         )
     return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
@@ -76,9 +76,10 @@ def score(samples: Any, cfg: GenerateConfig) -> Any:
                                "max_length": reward.max_length},
         batch_format="pyarrow",
         batch_size=rm.pool.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=rm.pool.concurrency),
+        compute=rm.pool.compute(),
         num_cpus=rm.pool.num_cpus,
         num_gpus=rm.pool.num_gpus,
+        resources=rm.pool.resources or None,
     )
 
 

@@ -233,14 +233,15 @@ def reference_logps(cfg: TrainerSettings, stage: TrainingStage, ds: Any) -> tupl
         fn_constructor_kwargs={"model_path": resolve_model_path(model.path), "dtype": cfg.policy.dtype,
                                "trust_remote_code": model.trust_remote_code},
         compute=ray.data.ActorPoolStrategy(size=resources["actors"]), num_cpus=resources["num_cpus"],
-        num_gpus=resources["num_gpus"],
+        num_gpus=resources["num_gpus"], resources=resources["custom"] or None,
     ).materialize()
     return ds, "precomputed column", time.perf_counter() - t0
 
 
 def reference_resources(cfg: TrainerSettings) -> dict[str, Any]:
     """One reference actor per training worker, each reserving what that worker reserves."""
-    return {"actors": cfg.num_workers, "num_cpus": cfg.cpus_per_worker, "num_gpus": 1 if cfg.use_gpu else 0}
+    return {"actors": cfg.num_workers, "num_cpus": cfg.cpus_per_worker, "num_gpus": 1 if cfg.use_gpu else 0,
+            "custom": dict(cfg.resources_per_worker)}
 
 
 def _null_count(ds: Any, column: str) -> int:
@@ -337,7 +338,7 @@ def fit(cfg: TrainerSettings, spec: LoopSpec, ds: Any, storage: Path, resume: st
         train_loop_per_worker,
         train_loop_config={"spec": dataclasses.asdict(spec), "resume_from": resume},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker}),
         run_config=RunConfig(name="run", storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
