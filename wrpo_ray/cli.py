@@ -125,6 +125,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Every check of `check_config` on the parsed config, without starting Ray or loading a model."""
     cfg = load_config(args.config, args.overrides)
     report = check_config(cfg)
+    if args.cluster:
+        from wrpo_ray.placement import cluster_node_types, unplaceable
+
+        report.errors += unplaceable(cfg, cluster_node_types(args.cluster))
     out = sys.stderr if report.errors else sys.stdout
     for line in report.errors:
         print(f"error: {line}", file=out)
@@ -171,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a config (sections, paths, judge, resources, loss) without Ray")
     _add_config_args(v)
+    v.add_argument("--cluster", metavar="FILE",
+                   help="also check that every pool and trainer fits a node type of this cluster config "
+                        "(a Ray cluster launcher YAML, or a KubeRay RayCluster / RayJob manifest)")
     v.set_defaults(func=cmd_validate)
 
     for name, section, text in [("sft", "sft", "Target-SFT: NLL of y_ws on the SFT split"),

@@ -239,6 +239,23 @@ def node_resources_of_raycluster(manifest: dict[str, Any]) -> dict[str, dict[str
     return out
 
 
+def cluster_node_types(path: str | Path) -> dict[str, dict[str, float]]:
+    """Worker node types of a cluster config file: a launcher YAML or a KubeRay manifest."""
+    import yaml
+
+    from wrpo_ray.config import ConfigError
+
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--cluster {path}: {e}") from None
+    if isinstance(config, dict) and "available_node_types" in config:
+        return node_resources_of_launcher(config)
+    if isinstance(config, dict) and config.get("kind") in ("RayCluster", "RayJob"):
+        return node_resources_of_raycluster(config)
+    raise ConfigError(f"--cluster {path}: neither a Ray cluster launcher config nor a KubeRay RayCluster / RayJob")
+
+
 FILES = {
     "aws.yaml": launcher_config,
     "kuberay/raycluster.yaml": raycluster,

@@ -105,3 +105,20 @@ def test_pool_concurrency_is_a_size_or_a_range():
         PoolConfig(resources={"GPU": 1})
     with pytest.raises(ConfigError, match="target.pool.concurrency"):
         parse_config({"target": {"name": "t", "path": "toy://target", "pool": {"concurrency": [3, 1]}}})
+
+
+def test_validate_checks_placement_against_a_cluster_file(tmp_path, capsys):
+    from wrpo_ray.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    common = ["validate", "--config", str(PAPER), "--set", f"generate.data.prompts={prompts}",
+              "--set", f"eval.prompts={prompts}"]
+    for cluster in ("aws.yaml", "kuberay/rayjob.yaml"):
+        assert main([*common, "--cluster", str(CLUSTER / cluster)]) == 0
+    capsys.readouterr()
+    odd = ["--set", "train.resources_per_worker={gpu_x: 1}"]
+    assert main([*common, "--cluster", str(CLUSTER / "aws.yaml"), *odd]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("error: train (each worker") and "fits no node type" in line for line in err)
+    assert main([*common, "--cluster", str(PAPER)]) == 2
