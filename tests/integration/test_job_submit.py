@@ -3,9 +3,7 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,24 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.integration.ray_heads import BIN, free_port, ray_cli, stop_head
 from wrpo_ray.toy.task import make_examples, write_jsonl
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ray(*args: str, env: dict, timeout: int = 300) -> str:
-    """Runs the `ray` CLI; returns stdout and stderr together (its status lines go to stderr)."""
-    proc = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
-    return f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
 @pytest.fixture(scope="module")
@@ -39,48 +25,20 @@ def head(tmp_path_factory):
 
     ray.shutdown()
     temp = Path("/tmp") / f"wrpo-head-{uuid.uuid4().hex[:12]}"  # short: Ray's socket paths must fit 107 bytes
-    dash = _free_port()
+    dash = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    gen = _ray("get-auth-token", "--generate", env=env)
+    gen = ray_cli("get-auth-token", "--generate", env=env)
     assert gen.startswith("rc=0"), gen
-    start = _ray("start", "--head", f"--port={_free_port()}", f"--dashboard-port={dash}",
+    start = ray_cli("start", "--head", f"--port={free_port()}", f"--dashboard-port={dash}",
                  "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
                  env=env)
     try:
         assert start.startswith("rc=0"), start
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        _stop_head(temp)
+        stop_head(temp)
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _stop_head(temp: Path) -> None:
-    """Stops this head's processes only (their command lines name its temp dir) and their children.
-
-    `ray stop` would stop every Ray instance of the user on the machine, including a concurrent run.
-    """
-    import psutil
-
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        if str(temp) in " ".join(p.info["cmdline"] or []):
-            procs.append(p)
-            try:
-                procs += p.children(recursive=True)
-            except psutil.Error:
-                pass
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
 
 
 def _engine(n: int) -> dict:
@@ -128,11 +86,11 @@ def test_tiny_pipeline_job_succeeds(head, tmp_path):
     status = ""
     deadline = time.monotonic() + 1500
     while time.monotonic() < deadline:
-        status = _ray("job", "status", "--address", address, job_id, env=env).lower()
+        status = ray_cli("job", "status", "--address", address, job_id, env=env).lower()
         if any(s in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(10)
-    logs = _ray("job", "logs", "--address", address, job_id, env=env)
+    logs = ray_cli("job", "logs", "--address", address, job_id, env=env)
     assert "succeeded" in status, logs[-6000:]
     assert "Table 2" in logs and "Target-SFT-WRPO" in logs
 
