@@ -140,7 +140,7 @@ def test_spot_demand_adds_nodes_that_go_away_when_idle(fake_cluster, tmp_path):
             break
         time.sleep(10)
     assert not any(n.get(SPOT, 0) for n in nodes), f"spot nodes still up after the idle time-out: {nodes}"
-    removals = [line for line in _monitor_events(temp) if "Removing" in line]
+    removals = [line for line in _monitor_events(temp) if "Removing" in line and SPOT_NODE in line]
     print(f"\ngeneration on autoscaled spot nodes: {seconds:.0f} s; autoscaler: {launches + removals}")
 
 
