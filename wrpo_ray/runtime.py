@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 WORKER_ENV = {
     "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", ""),
@@ -58,3 +59,29 @@ def use_cpu_accelerator_if_no_gpu() -> None:
 
     if not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str, device: Any) -> Any:
+    """The torch dtype of a model's `dtype` setting: `auto` is bf16 on a GPU that supports it, else fp32.
+
+    Every model loader resolves its setting here (policy, in-loop reference, reference stage, reward model),
+    so the reference log-probs are computed in the dtype the policy trains in.
+    """
+    import torch
+
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPE_NAMES)}")
+    return getattr(torch, name)
+
+
+def local_device() -> Any:
+    """The GPU Ray assigned to this process (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

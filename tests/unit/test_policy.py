@@ -4,9 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from wrpo_ray.runtime import resolve_dtype
 from wrpo_ray.toy.build import toy_model_path
 from wrpo_ray.train.batching import collate, padding_id, tokenize_example
-from wrpo_ray.train.policy import SequenceLogprobs, resolve_dtype
+from wrpo_ray.train.policy import SequenceLogprobs
 from wrpo_ray.train.stages import ReferenceLogps
 
 MESSAGES = [{"role": "user", "content": "Reverse the letters: abc"}]

@@ -9,9 +9,10 @@ from transformers import AutoConfig, AutoTokenizer
 from wrpo_ray.data.schemas import GENERATED
 from wrpo_ray.generate.engines import prompt_token_ids
 from wrpo_ray.generate.pipeline import select_group
-from wrpo_ray.generate.reward import RewardModelScorer, right_padded, scoring_pad_id
+from wrpo_ray.generate.reward import RewardModelScorer, scoring_pad_id
 from wrpo_ray.toy.build import toy_model_path
 from wrpo_ray.toy.registry import TOY_MODELS
+from wrpo_ray.train.batching import pad_sequences
 
 USER = [{"role": "user", "content": "Add: 2+3"}]
 SYSTEM = [{"role": "system", "content": "Be brief."}, *USER]
@@ -70,9 +71,11 @@ def test_scoring_pad_id_occurs_in_no_sequence():
 
     assert scoring_pad_id(NoPad(), [[5, 0], [7, 1], [3, 2]]) == 4
     assert scoring_pad_id(PadInText(), [[5, 0]]) == 1
-    enc = right_padded([[4, 5, 6], [7]], pad_id=2)
-    assert enc["input_ids"].tolist() == [[4, 5, 6], [7, 2, 2]]
-    assert enc["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    input_ids, attention_mask = pad_sequences([[4, 5, 6], [7]], pad_id=2)
+    assert input_ids.tolist() == [[4, 5, 6], [7, 2, 2]]
+    assert attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    input_ids, attention_mask = pad_sequences([[4, 5, 6], [7]], pad_id=2, side="left")
+    assert input_ids.tolist() == [[4, 5, 6], [2, 2, 7]] and attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def _scored(samples):

@@ -21,13 +21,6 @@ def _with_rewards(batch: pa.Table, rewards: list[float], errors: list[str | None
     return table.cast(SCORED)
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[name]
-
-
 def scoring_pad_id(tokenizer: Any, sequences: list[list[int]]) -> int:
     """A pad id for a batch of reward-model inputs that occurs in none of them.
 
@@ -43,19 +36,6 @@ def scoring_pad_id(tokenizer: Any, sequences: list[list[int]]) -> int:
     return next(i for i in range(len(used) + 1) if i not in used)
 
 
-def right_padded(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:
-    """`input_ids` and `attention_mask` of right-padded sequences."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 class RewardModelScorer:
     """A sequence classifier with one label; its raw logit is the reward."""
 
@@ -63,11 +43,13 @@ class RewardModelScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from wrpo_ray.runtime import resolve_dtype
+
         torch.set_num_threads(1)
         trc = model.get("trust_remote_code", False)
         self.tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trc)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            local_path, dtype=_torch_dtype(model.get("dtype", "auto")), trust_remote_code=trc
+            local_path, dtype=resolve_dtype(model.get("dtype", "auto"), torch.device("cpu")), trust_remote_code=trc
         ).eval()
         if self.model.config.num_labels != 1 and not trc:
             raise ValueError(f"reward model {local_path} has {self.model.config.num_labels} labels; expected 1")
@@ -91,6 +73,8 @@ class RewardModelScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
+        from wrpo_ray.train.batching import pad_sequences
+
         rows = batch.to_pylist()
         rewards = [math.nan] * len(rows)
         errors = [r["error"] for r in rows]
@@ -102,7 +86,8 @@ class RewardModelScorer:
             self.model.config.pad_token_id = pad_id
             self.model.config.get_text_config().pad_token_id = pad_id
             with torch.inference_mode():
-                logits = self._scores(self.model(**right_padded(ids, pad_id))).float().tolist()
+                input_ids, attention_mask = pad_sequences(ids, pad_id)
+                logits = self._scores(self.model(input_ids=input_ids, attention_mask=attention_mask)).float().tolist()
             for i, v in zip(todo, logits, strict=True):
                 if math.isfinite(v):
                     rewards[i] = v

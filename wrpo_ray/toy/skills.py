@@ -147,18 +147,15 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
     import torch
 
     texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
-    from wrpo_ray.train.batching import padding_id
+    from wrpo_ray.train.batching import pad_sequences, padding_id
 
     pad = padding_id(tokenizer)
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(ids) for ids in encoded)
-    batch = {
-        "input_ids": torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded]),
-        "attention_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]),
-    }
+    input_ids, attention_mask = pad_sequences(encoded, pad, side="left")
     with torch.no_grad():
-        out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
-    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad)
+    return tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
 
 
 def skill_accuracy(model: Any, tokenizer: Any, n: int = 50, seed: int = EVAL_SEED) -> dict[str, float]:

@@ -127,6 +127,22 @@ def padding_id(tokenizer: Any) -> int:
     return 0
 
 
+def pad_sequences(
+    sequences: list[list[int]], pad_id: int, width: int | None = None, side: str = "right"
+) -> tuple[Tensor, Tensor]:
+    """``[N, width]`` token ids padded with ``pad_id`` on ``side``, and the attention mask (1 on real tokens)."""
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+    width = width or max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[i, span] = torch.tensor(seq, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
 def collate(
     examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, Tensor]:
@@ -150,15 +166,9 @@ def collate(
     width = max(len(ids) for ids in sequences)
     if pad_to_multiple_of:
         width = math.ceil(width / pad_to_multiple_of) * pad_to_multiple_of
-    batch = {
-        "input_ids": torch.full((len(sequences), width), pad_token_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(sequences), width), dtype=torch.long),
-        "labels": torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long),
-    }
-    for i, (ids, lab) in enumerate(zip(sequences, labels, strict=True)):
-        batch["input_ids"][i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        batch["attention_mask"][i, : len(ids)] = 1
-        batch["labels"][i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+    input_ids, attention_mask = pad_sequences(sequences, pad_token_id, width)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "labels": pad_sequences(labels, IGNORE_INDEX, width)[0]}
     batch["num_response_tokens"] = torch.tensor([e["num_response_tokens"] for e in examples], dtype=torch.float32)
     if all(e.get("ref_logps") is not None for e in examples):
         batch["ref_logps"] = torch.tensor([list(e["ref_logps"]) for e in examples], dtype=torch.float32)

@@ -15,27 +15,6 @@ from wrpo_ray.kernels import linear_logprobs
 from wrpo_ray.runtime import use_cpu_accelerator_if_no_gpu
 from wrpo_ray.train.batching import IGNORE_INDEX, per_token_targets
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The compute dtype of a model setting: ``auto`` is bf16 on a GPU that supports it, else fp32.
-
-    The policy, the in-loop reference and the reference stage all resolve the same setting here, so the
-    reference log-probs are computed in the dtype the policy trains in.
-    """
-    if name == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
-def local_device() -> torch.device:
-    """The GPU Ray assigned to this process (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
 
 def load_causal_lm(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
     from transformers import AutoModelForCausalLM

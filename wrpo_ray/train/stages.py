@@ -58,8 +58,9 @@ class ReferenceLogps:
     def __init__(self, model_path: str, dtype: str = "auto", trust_remote_code: bool = False) -> None:
         from transformers import AutoTokenizer
 
+        from wrpo_ray.runtime import local_device, resolve_dtype
         from wrpo_ray.train.batching import padding_id
-        from wrpo_ray.train.policy import SequenceLogprobs, load_causal_lm, local_device, resolve_dtype
+        from wrpo_ray.train.policy import SequenceLogprobs, load_causal_lm
 
         self.device = local_device()
         lm = load_causal_lm(model_path, resolve_dtype(dtype, self.device), trust_remote_code)

@@ -116,8 +116,9 @@ def setup(spec: LoopSpec, resume_from: str | None) -> Worker:
     from transformers import AutoTokenizer
 
     from wrpo_ray.console import verbose
+    from wrpo_ray.runtime import local_device, resolve_dtype
     from wrpo_ray.train.batching import padding_id
-    from wrpo_ray.train.policy import SequenceLogprobs, load_causal_lm, local_device, resolve_dtype
+    from wrpo_ray.train.policy import SequenceLogprobs, load_causal_lm
 
     if not verbose():
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
