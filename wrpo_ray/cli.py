@@ -11,7 +11,7 @@ from wrpo_ray.config import (
     ConfigError,
     check_config,
     load_config,
-    missing_run_sections,
+    require_run_sections,
     resolve_judge,
     standalone_eval_errors,
 )
@@ -95,9 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from wrpo_ray.pipeline import format_pipeline_summary, run_pipeline
 
-    missing = missing_run_sections(cfg)
-    if missing:
-        raise ConfigError("\n".join(f"`wrpo-ray run` needs a '{section}' section" for section in missing))
+    require_run_sections(cfg)
     with _run_logs(cfg.run.output_dir):
         summary = run_pipeline(cfg)
     print(format_pipeline_summary(summary))

@@ -474,6 +474,13 @@ def missing_run_sections(cfg: WrpoConfig) -> list[str]:
     return [name for name in RUN_SECTIONS if getattr(cfg, name) is None]
 
 
+def require_run_sections(cfg: WrpoConfig) -> None:
+    """A `ConfigError` naming every section `wrpo-ray run` needs and the config lacks."""
+    missing = missing_run_sections(cfg)
+    if missing:
+        raise ConfigError("\n".join(f"`wrpo-ray run` needs a '{section}' section" for section in missing))
+
+
 def standalone_eval_errors(ev: EvalConfig) -> list[str]:
     """What `wrpo-ray eval` needs beyond a valid eval section (`wrpo-ray run` fills these in itself)."""
     errors = []

@@ -21,14 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wrpo_ray.config import (
-    ConfigError,
     DataConfig,
     GenerateConfig,
     ModelConfig,
     PreferenceTrainConfig,
     SourceModelConfig,
     WrpoConfig,
-    missing_run_sections,
+    require_run_sections,
     resolve_judge,
 )
 from wrpo_ray.data.io import fingerprint, write_json, write_table
@@ -127,9 +126,7 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
     from wrpo_ray.generate.pipeline import run_generate
     from wrpo_ray.train.run import run_training
 
-    missing = missing_run_sections(cfg)
-    if missing:
-        raise ConfigError("\n".join(f"`wrpo-ray run` needs a '{section}' section" for section in missing))
+    require_run_sections(cfg)
     if cfg.eval is not None:
         _, warning = resolve_judge(cfg)  # no judge at all fails here, before hours of generation and training
         if warning:

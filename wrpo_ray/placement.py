@@ -9,6 +9,7 @@ reference stage ask for `TRAIN` to land on the on-demand ones; the head asks not
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +143,6 @@ def launcher_config() -> dict[str, Any]:
 
 
 def _resources_param(t: NodeType) -> str:
-    import json
-
     return json.dumps({t.marker: MARKER_UNITS}) if t.marker else "{}"
 
 
@@ -228,8 +227,6 @@ def node_resources_of_launcher(config: dict[str, Any]) -> dict[str, dict[str, fl
 
 def node_resources_of_raycluster(manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Worker groups and their Ray resources, read back from a `RayCluster` (or a `RayJob`'s cluster spec)."""
-    import json
-
     spec = manifest["spec"].get("rayClusterSpec", manifest["spec"])
     out = {}
     for group in spec["workerGroupSpecs"]:

@@ -56,3 +56,6 @@ def test_bad_arguments():
         _order().micro_batch(0, 2, rank=0)
     with pytest.raises(ValueError, match="one optimizer step"):
         _order(num_rows=5).position(0)
+    with pytest.raises(ValueError, match="num_rows"):
+        _order(num_rows=-1)
+    assert _order(num_rows=0).steps_per_epoch == 0  # every row quarantined: the driver reports it

@@ -109,8 +109,12 @@ def select_group(group: pa.Table, keep_truncated: bool = False) -> pa.Table:
     }], schema=SELECTIONS)
 
 
+CUT_AT_MAX_TOKENS = "length"
+"""vLLM's `finish_reason` of a sample that stopped at `max_tokens`."""
+
+
 def is_truncated(sample: dict[str, Any]) -> bool:
-    return sample.get("finish_reason") == "length"
+    return sample.get("finish_reason") == CUT_AT_MAX_TOKENS
 
 
 def _split_errors(batch: pa.Table, keep_errors: bool) -> pa.Table:
@@ -180,7 +184,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     write_dataset(selections, out / "selections", schema=SELECTIONS)
 
     stats = _frame(good, ["prompt_id", "model", "sample_idx", "num_tokens", "finish_reason"])
-    truncated = stats[stats["finish_reason"] == "length"]
+    truncated = stats[stats["finish_reason"] == CUT_AT_MAX_TOKENS]
     if not cfg.keep_truncated:
         quarantine += _quarantine_rows([
             {"prompt_id": r.prompt_id, "model": r.model, "sample_idx": int(r.sample_idx),

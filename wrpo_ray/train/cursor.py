@@ -32,7 +32,9 @@ class DataOrder:
     shuffle: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("num_rows", "world_size", "micro_batch_size", "gradient_accumulation_steps"):
+        if self.num_rows < 0:
+            raise ValueError(f"num_rows must be >= 0, got {self.num_rows}")
+        for name in ("world_size", "micro_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

@@ -97,25 +97,24 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
     out = _output_dir(cfg, stage)
     rows = read_rows(cfg, stage)
     if not rows.examples:
-        write_table(pa.Table.from_pylist(rows.quarantine, schema=QUARANTINE), out / "quarantine")
+        _write_quarantine(rows, out)
         raise InputError(f"no usable training rows in {cfg.data}; see {out / 'quarantine'}")
     ensure_ray()
     data, truncation = tokenize(cfg, rows)
-    num_rows = data.count()
-    if num_rows < cfg.num_workers * cfg.micro_batch_size * cfg.gradient_accumulation_steps:
-        write_table(pa.Table.from_pylist(rows.quarantine, schema=QUARANTINE), out / "quarantine")
-        raise InputError(f"{num_rows} usable rows < one optimizer step ({cfg.num_workers} workers x "
+    order = data_order(cfg, data.count())
+    if order.steps_per_epoch == 0:
+        _write_quarantine(rows, out)
+        raise InputError(f"{order.num_rows} usable rows < one optimizer step ({cfg.num_workers} workers x "
                          f"{cfg.micro_batch_size} micro batch x {cfg.gradient_accumulation_steps} accumulation); "
                          f"see {out / 'quarantine'}")
     data, reference, ref_seconds = reference_logps(cfg, stage, data)
-    spec, order = loop_spec(cfg, stage, num_rows, reference, out)
+    spec = loop_spec(cfg, stage, order, reference, out)
     resume = resume_point(out, spec, cfg, rows.examples)
     log.info("%s: %d rows, %d optimizer steps (%d per epoch), resume from %s", stage.name, spec.num_rows,
              spec.total_steps, order.steps_per_epoch, resume)
     result, train_seconds = fit(cfg, spec, data, out / "checkpoints", resume)
     model_dir, last_step = export(cfg, out)
-    write_table(pa.Table.from_pylist(rows.quarantine, schema=QUARANTINE), out / "quarantine",
-                sort_by=["stage", "prompt_id"])
+    _write_quarantine(rows, out)
     summary = {
         "stage": stage.name,
         "objective": stage.loss.name if stage.loss else "sft",
@@ -137,6 +136,11 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
     }
     write_json(summary, out / "summary.json")
     return summary
+
+
+def _write_quarantine(rows: Rows, out: Path) -> None:
+    write_table(pa.Table.from_pylist(rows.quarantine, schema=QUARANTINE), out / "quarantine",
+                sort_by=["stage", "prompt_id"])
 
 
 def _output_dir(cfg: TrainerSettings, stage: TrainingStage) -> Path:
@@ -253,14 +257,14 @@ def _null_count(ds: Any, column: str) -> int:
 # --- 4. fit -------------------------------------------------------------------------------------------
 
 
-def loop_spec(cfg: TrainerSettings, stage: TrainingStage, num_rows: int, reference: str,
-              out: Path) -> tuple[LoopSpec, DataOrder]:
-    order = DataOrder(num_rows=num_rows, world_size=cfg.num_workers, micro_batch_size=cfg.micro_batch_size,
-                      gradient_accumulation_steps=cfg.gradient_accumulation_steps, seed=cfg.seed,
-                      shuffle=cfg.shuffle)
-    if order.steps_per_epoch == 0:
-        raise InputError(f"{num_rows} usable rows < one optimizer step ({order.rows_per_step} = workers x micro "
-                         "batch x accumulation)")
+def data_order(cfg: TrainerSettings, num_rows: int) -> DataOrder:
+    """The row schedule the workers will follow (`train/cursor.py`), for the step counts the driver reports."""
+    return DataOrder(num_rows=num_rows, world_size=cfg.num_workers, micro_batch_size=cfg.micro_batch_size,
+                     gradient_accumulation_steps=cfg.gradient_accumulation_steps, seed=cfg.seed,
+                     shuffle=cfg.shuffle)
+
+
+def loop_spec(cfg: TrainerSettings, stage: TrainingStage, order: DataOrder, reference: str, out: Path) -> LoopSpec:
     in_loop_reference = stage.needs_reference and reference == "frozen model"
     spec = LoopSpec(
         stage=stage.name,
@@ -268,7 +272,7 @@ def loop_spec(cfg: TrainerSettings, stage: TrainingStage, num_rows: int, referen
         reference_path=resolve_model_path((cfg.reference or cfg.policy).path) if in_loop_reference else None,
         dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
         loss=dataclasses.asdict(stage.loss) if stage.loss else None,
-        n_responses=stage.n_responses, num_rows=num_rows,
+        n_responses=stage.n_responses, num_rows=order.num_rows,
         total_steps=order.steps_per_epoch * cfg.epochs, max_steps=cfg.max_steps,
         micro_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=stage.learning_rate, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
@@ -276,7 +280,7 @@ def loop_spec(cfg: TrainerSettings, stage: TrainingStage, num_rows: int, referen
         save_steps=cfg.save_steps, seed=cfg.seed, shuffle=cfg.shuffle,
         tensorboard_dir=str(out / "tensorboard"), metrics_file=str(out / "metrics.jsonl"),
     )
-    return spec, order
+    return spec
 
 
 def resume_point(out: Path, spec: LoopSpec, cfg: TrainerSettings, examples: list[dict[str, Any]]) -> str | None:
@@ -289,7 +293,7 @@ def resume_point(out: Path, spec: LoopSpec, cfg: TrainerSettings, examples: list
     metrics = out / "metrics.jsonl"
     _start_or_continue(out / "checkpoints", metrics, _run_fingerprint(spec, cfg, examples))
     latest = _latest_checkpoint(out / "checkpoints" / "run")
-    _drop_metrics_after(metrics, int(latest.name.split("-")[1]) if latest else 0)
+    _drop_metrics_after(metrics, _checkpoint_step(latest) if latest else 0)
     return str(latest) if latest else None
 
 
@@ -319,6 +323,11 @@ def _start_or_continue(storage: Path, metrics_file: Path, fingerprint: str) -> N
         shutil.rmtree(storage)
     metrics_file.unlink(missing_ok=True)
     write_json({"fingerprint": fingerprint}, marker)
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step of a `step-NNNNNN` checkpoint directory."""
+    return int(checkpoint.name.split("-")[1])
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -398,7 +407,7 @@ def export(cfg: TrainerSettings, out: Path) -> tuple[Path | None, int]:
     final = _latest_checkpoint(out / "checkpoints" / "run")
     if final is None:
         return None, 0
-    last_step = int(final.name.split("-")[1])
+    last_step = _checkpoint_step(final)
     if not (final / "hf_model").is_dir():
         return None, last_step
     model_dir = out / "model"
