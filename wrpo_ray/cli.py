@@ -83,12 +83,21 @@ def format_train_summary(s: dict) -> str:
         f"quarantined {rows['quarantined']}  unused per epoch {rows['unused_per_epoch']}",
         f"truncated: {s['truncated']['prompts']} prompts, {s['truncated']['responses']} responses",
         f"steps {steps['completed']}/{steps['total']}  train {s['seconds']['train']} s  reference: {s['reference']}",
+        _format_restarts(s),
         "final metrics: " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(s["final_metrics"].items())),
         f"model: {s['model_dir']}",
         f"checkpoints: {s['checkpoints']}",
         f"tensorboard: {s['tensorboard']}",
     ]
     return "\n".join(lines)
+
+
+def _format_restarts(s: dict) -> str:
+    if not s.get("restarts"):
+        return "restarts: 0"
+    steps = s["restarted_from_steps"]
+    where = "step" if len(steps) == 1 else "steps"
+    return f"restarts: {s['restarts']} (worker group lost, resumed from {where} {', '.join(map(str, steps))})"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

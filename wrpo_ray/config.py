@@ -216,6 +216,9 @@ class TrainerSettings(_Strict):
     logging_steps: int = Field(1, ge=1)
     save_steps: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    max_failures: int = Field(3, ge=-1)
+    """Worker-group failures (a worker process or its node lost) Ray Train recovers from within one run, each
+    time restarting every worker from the latest checkpoint; 0 fails at the first, -1 never gives up."""
     seed: int = 0
     shuffle: bool = True
     """A fresh order of the rows every epoch, drawn from (seed, epoch); False trains in input order."""

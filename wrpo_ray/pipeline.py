@@ -17,9 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from wrpo_ray.config import (
     DataConfig,
     GenerateConfig,
@@ -30,9 +27,8 @@ from wrpo_ray.config import (
     require_run_sections,
     resolve_judge,
 )
-from wrpo_ray.data.io import fingerprint, write_json, write_table
-from wrpo_ray.data.schemas import PREFERENCE, QUARANTINE
-from wrpo_ray.train.preference_data import in_sft_split
+from wrpo_ray.data.handoff import build_quadruples, write_target_prompts
+from wrpo_ray.data.io import fingerprint, write_json
 
 log = logging.getLogger(__name__)
 
@@ -71,52 +67,6 @@ class StageRunner:
         return summary
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(str(path)).to_pylist()
-
-
-def write_target_prompts(selections: Path, out: Path, seed: int, fraction: float) -> dict[str, int]:
-    """The prompts outside the SFT split, as JSONL with their metadata fields, for target sampling."""
-    rows = [r for r in _rows(selections) if not in_sft_split(r["prompt_id"], seed, fraction)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for r in sorted(rows, key=lambda r: r["prompt_id"]):
-            f.write(json.dumps({**json.loads(r["metadata"] or "{}"), "prompt_id": r["prompt_id"],
-                                "messages": r["messages"]}) + "\n")
-    return {"prompts": len(rows)}
-
-
-def build_quadruples(sources: Path, target: Path, out: Path) -> dict[str, Any]:
-    """Join y_ws (sources) with y_wt / y_l (target samples); prompts with fewer than two selectable target
-    samples, or whose samples all tie, are set aside with the reason."""
-    by_id = {r["prompt_id"]: r for r in _rows(sources)}
-    quads, quarantine = [], []
-    for t in _rows(target):
-        s = by_id.get(t["prompt_id"])
-        if s is None:
-            continue
-        if t["num_candidates"] < 2:
-            quarantine.append({"stage": "preference", "prompt_id": t["prompt_id"],
-                               "reason": f"too_few_target_samples: {t['num_candidates']} selectable (the rest "
-                                         "failed or stopped at max_tokens)"})
-            continue
-        if t["reward_ws"] == t["reward_worst"]:
-            quarantine.append({"stage": "preference", "prompt_id": t["prompt_id"],
-                               "reason": f"target_samples_tied: every target sample scored {t['reward_ws']:.4g}"})
-            continue
-        quads.append({
-            "prompt_id": t["prompt_id"], "prompt": s["prompt"], "messages": s["messages"],
-            "y_ws": s["y_ws"], "y_wt": t["y_ws"], "y_l": t["y_worst"],
-            "reward_ws": s["reward_ws"], "reward_wt": t["reward_ws"], "reward_l": t["reward_worst"],
-            "source_model": s["source_model"], "metadata": s["metadata"],
-        })
-    write_table(pa.Table.from_pylist(quads, schema=PREFERENCE), out / "data", sort_by=["prompt_id"])
-    write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE), out / "quarantine")
-    ws_beats_wt = sum(q["reward_ws"] > q["reward_wt"] for q in quads)
-    return {"quadruples": len(quads), "quarantined": len(quarantine), "target_rows": len(_rows(target)),
-            "y_ws_above_y_wt": ws_beats_wt}
-
-
 def _baseline_train_config(train: PreferenceTrainConfig, pair: str) -> PreferenceTrainConfig:
     loss = train.loss.model_copy(update={"objective": "dpo", "pair": pair})
     return train.model_copy(update={"loss": loss})
@@ -143,10 +93,10 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
     sft_model = ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target-SFT",
                                "path": sft["model_dir"]})
 
-    prompts_file = root / "target" / "prompts.jsonl"
+    prompts_dir = root / "target" / "prompts"
     tgt_cfg = GenerateConfig(
         seed=cfg.generate.seed,
-        data=DataConfig.model_construct(prompts=str(prompts_file), max_prompt_chars=cfg.generate.data.max_prompt_chars,
+        data=DataConfig.model_construct(prompts=str(prompts_dir), max_prompt_chars=cfg.generate.data.max_prompt_chars,
                                         strict=False),
         sources=[SourceModelConfig(**{**sft_model.model_dump(), "sampling": cfg.target.sampling})],
         reward=cfg.generate.reward,
@@ -155,7 +105,7 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
     )
 
     def target_stage() -> dict[str, Any]:
-        write_target_prompts(root / "sources" / "selections", prompts_file, cfg.sft.seed, cfg.sft.split_fraction)
+        write_target_prompts(root / "sources" / "selections", prompts_dir, cfg.sft.seed, cfg.sft.split_fraction)
         return run_generate(tgt_cfg).summary
 
     stage("target", tgt_cfg.model_dump(), target_stage, after=("sft",))

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from wrpo_ray.config import parse_config
-from wrpo_ray.generate.commit import scan
+from wrpo_ray.generate.commit import complete_attempts
 from wrpo_ray.generate.pipeline import format_summary, run_generate
 from wrpo_ray.toy.task import make_examples
 
@@ -128,6 +128,15 @@ def test_summary_counts_and_win_shares(run):
     assert s["samples"]["truncated_selectable"] is True
 
 
+def _complete_pairs(scored: Path) -> set[tuple[str, str]]:
+    by_prompt: dict[str, list[dict]] = {}
+    for f in scored.glob("attempt-*.parquet"):
+        for r in pq.read_table(f, columns=["prompt_id", "model", "sample_idx", "error"]).to_pylist():
+            by_prompt.setdefault(r["prompt_id"], []).append({**r, "attempt": 0})
+    return {(pid, m) for pid, rows in by_prompt.items()
+            for m, a in complete_attempts(rows, {"llama-src": K, "qwen2-src": K}).items() if a is not None}
+
+
 def test_interrupted_stage_resumes_from_committed_batches(run):
     """Losing the committed batches of one source (a node gone mid-stage) regenerates only those pairs."""
     cfg, first = run
@@ -138,19 +147,19 @@ def test_interrupted_stage_resumes_from_committed_batches(run):
     assert lost
     for f in lost:
         f.unlink()
-    left = scan(scored, {"llama-src": K, "qwen2-src": K})
+    left = _complete_pairs(scored)
 
     result = run_generate(cfg)
     print(format_summary(result.summary))
     r = result.summary["resume"]
     assert r["attempt"] == 1 and r["pairs_incomplete"] == 0
-    assert r["pairs_reused"] == len(left.complete) and r["pairs_reused"] + r["pairs_generated"] == 2 * 17
+    assert r["pairs_reused"] == len(left) and r["pairs_reused"] + r["pairs_generated"] == 2 * 17
     assert result.summary["samples"]["per_source"] == {"llama-src": 17 * K, "qwen2-src": 16 * K}
     after = _read(first.output_dir, "samples")
     keys = [(s["prompt_id"], s["model"], s["sample_idx"]) for s in after]
     assert len(keys) == len(set(keys)) == len(before)
     for s in after:
-        if (s["prompt_id"], s["model"]) in left.complete:
+        if (s["prompt_id"], s["model"]) in left:
             assert s["response"] == before[(s["prompt_id"], s["model"], s["sample_idx"])]
     assert len(_read(first.output_dir, "selections")) == 17
 

@@ -2,9 +2,9 @@ import json
 
 import pyarrow as pa
 
-from wrpo_ray.data.io import read_table, write_table
+from wrpo_ray.data.handoff import SIDED, quadruple_of, target_prompt_lines
 from wrpo_ray.data.schemas import SELECTIONS
-from wrpo_ray.pipeline import StageRunner, build_quadruples, write_target_prompts
+from wrpo_ray.pipeline import StageRunner
 from wrpo_ray.train.preference_data import in_sft_split
 
 
@@ -58,11 +58,11 @@ def test_training_checkpoints_of_another_run_are_cleared(tmp_path):
 
 
 def test_metrics_logged_after_the_last_checkpoint_are_dropped_on_resume(tmp_path):
-    from wrpo_ray.train.run import _drop_metrics_after
+    from wrpo_ray.train.worker import drop_metrics_after
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(f'{{"step": {s}}}\n' for s in range(1, 8)))
-    _drop_metrics_after(metrics, 5)
+    drop_metrics_after(metrics, 5)
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
 
 
@@ -87,26 +87,33 @@ def test_resume_fingerprint_sees_every_trajectory_setting():
         other_ref.model_dump()), [])
 
 
-def test_quadruples_join_sources_and_target(tmp_path):
-    write_table(pa.Table.from_pylist([_sel("1", "src1", 0.9), _sel("2", "src2", 0.8), _sel("3", "src3", 0.1)],
-                                     schema=SELECTIONS), tmp_path / "sources")
-    write_table(pa.Table.from_pylist([_sel("1", "t1-best", 0.5, "t1-worst", 0.1), _sel("2", "t2", 0.3, "t2b", 0.3),
-                                      _sel("3", "t3", 0.9, candidates=1)],
-                                     schema=SELECTIONS), tmp_path / "target")
-    summary = build_quadruples(tmp_path / "sources", tmp_path / "target", tmp_path / "pref")
-    assert summary == {"quadruples": 1, "quarantined": 2, "target_rows": 3, "y_ws_above_y_wt": 1}
-    (row,) = read_table(tmp_path / "pref" / "data").to_pylist()
-    assert (row["y_ws"], row["y_wt"], row["y_l"]) == ("src1", "t1-best", "t1-worst")
-    q = sorted(read_table(tmp_path / "pref" / "quarantine").to_pylist(), key=lambda r: r["prompt_id"])
-    assert q[0]["prompt_id"] == "2" and q[0]["reason"].startswith("target_samples_tied")
-    assert q[1]["prompt_id"] == "3" and q[1]["reason"].startswith("too_few_target_samples")
+def _sided(side, row):
+    return pa.Table.from_pylist([{"side": side, **row}], schema=SIDED)
 
 
-def test_target_prompts_are_the_complement_of_the_sft_split(tmp_path):
+def test_quadruple_joins_the_two_sides_of_a_prompt():
+    group = pa.concat_tables([_sided("sources", _sel("1", "src1", 0.9)),
+                              _sided("target", _sel("1", "t1-best", 0.5, "t1-worst", 0.1))])
+    (row,) = quadruple_of(group).to_pylist()
+    assert row["kind"] == "quadruple"
+    assert (row["y_ws"], row["y_wt"], row["y_l"], row["reward_ws"]) == ("src1", "t1-best", "t1-worst", 0.9)
+
+
+def test_quadruple_sets_aside_tied_and_thin_target_samples():
+    tied = quadruple_of(pa.concat_tables([_sided("sources", _sel("2", "s", 0.8)),
+                                          _sided("target", _sel("2", "t2", 0.3, "t2b", 0.3))])).to_pylist()
+    thin = quadruple_of(pa.concat_tables([_sided("sources", _sel("3", "s", 0.1)),
+                                          _sided("target", _sel("3", "t3", 0.9, candidates=1))])).to_pylist()
+    assert tied[0]["kind"] == thin[0]["kind"] == "quarantine"
+    assert tied[0]["reason"].startswith("target_samples_tied")
+    assert thin[0]["reason"].startswith("too_few_target_samples")
+    assert quadruple_of(_sided("sources", _sel("4", "s", 0.1))).num_rows == 0   # an SFT prompt: no target side
+
+
+def test_target_prompts_are_the_complement_of_the_sft_split():
     ids = [str(i) for i in range(60)]
-    write_table(pa.Table.from_pylist([_sel(i, "y", 1.0) for i in ids], schema=SELECTIONS), tmp_path / "sel")
-    write_target_prompts(tmp_path / "sel", tmp_path / "t.jsonl", seed=0, fraction=1 / 3)
-    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    batch = pa.Table.from_pylist([_sel(i, "y", 1.0) for i in ids], schema=SELECTIONS)
+    rows = [json.loads(line) for line in target_prompt_lines(batch, seed=0, fraction=1 / 3)["line"].to_pylist()]
     assert {r["prompt_id"] for r in rows} == {i for i in ids if not in_sft_split(i, 0, 1 / 3)}
     assert all(r["answer"] == "a" and r["messages"][0]["role"] == "user" for r in rows)
 

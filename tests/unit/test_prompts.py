@@ -1,10 +1,15 @@
+"""Prompt validation, each piece of the Ray Data plan (`read_blocks` -> `check_batch` -> `first_of_each_id`)
+called here as the plan calls it, without Ray."""
+
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wrpo_ray.data.prompts import InputError, derive_prompt_id, read_prompts
+from tests.unit.prompt_plan import read_prompts
+from wrpo_ray.data.prompt_source import open_input, read_blocks
+from wrpo_ray.data.prompts import InputError, derive_prompt_id
 
 
 def _jsonl(tmp_path, lines):
@@ -53,10 +58,30 @@ def test_prompt_id_is_derived_deterministically(tmp_path):
     assert json.loads(a.valid[0]["metadata"]) == {"skill": "greet"}
 
 
-def test_strict_raises(tmp_path):
-    p = _jsonl(tmp_path, [json.dumps({"prompt": "ok"}), json.dumps({"prompt": ""})])
-    with pytest.raises(InputError, match="strict"):
-        read_prompts(p, max_prompt_chars=100, strict=True)
+def test_rows_keep_their_line_numbers_across_blank_lines_and_blocks(tmp_path, monkeypatch):
+    from wrpo_ray.data import prompt_source
+
+    monkeypatch.setattr(prompt_source, "ROWS_PER_BLOCK", 3)
+    lines = [json.dumps({"prompt": f"q{i}"}) if i % 4 else "" for i in range(10)]
+    p = _jsonl(tmp_path, lines)
+    with open_input(str(p)) as f:
+        blocks = list(read_blocks(f, str(p)))
+    assert [b.num_rows for b in blocks] == [3, 3, 1]
+    got = pa.concat_tables(blocks)
+    assert got["row_index"].to_pylist() == [i for i in range(10) if i % 4]
+    assert got["raw"].to_pylist() == [lines[i] for i in range(10) if i % 4]
+
+
+def test_a_directory_of_jsonl_files_is_one_input_and_ids_repeat_across_files(tmp_path):
+    d = tmp_path / "prompts"
+    d.mkdir()
+    (d / "a.jsonl").write_text(json.dumps({"prompt_id": "x", "prompt": "one"}) + "\n")
+    (d / "b.jsonl").write_text(json.dumps({"prompt_id": "x", "prompt": "two"}) + "\n")
+    (d / "_SUCCESS").write_text("")
+    batch = read_prompts(d, max_prompt_chars=100)
+    assert batch.counts() == {"in": 2, "out": 1, "quarantined": 1}
+    assert batch.quarantined[0]["reason"].startswith("duplicate_prompt_id: 'x' already used by a different prompt at "
+                                                     f"row 0 of {d / 'a.jsonl'}")
 
 
 def test_parquet_and_datasets_inputs(tmp_path):

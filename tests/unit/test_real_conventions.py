@@ -8,8 +8,8 @@ from transformers import AutoConfig, AutoTokenizer
 
 from wrpo_ray.data.schemas import GENERATED
 from wrpo_ray.generate.engines import prompt_token_ids
-from wrpo_ray.generate.pipeline import select_group
 from wrpo_ray.generate.reward import RewardModelScorer, scoring_pad_id
+from wrpo_ray.generate.select import selection
 from wrpo_ray.toy.build import toy_model_path
 from wrpo_ray.toy.registry import TOY_MODELS
 from wrpo_ray.train.batching import pad_sequences
@@ -78,10 +78,7 @@ def test_scoring_pad_id_occurs_in_no_sequence():
     assert input_ids.tolist() == [[4, 5, 6], [2, 2, 7]] and attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def _scored(samples):
-    base = {"prompt_id": "p", "prompt": "Add: 2+3", "messages": USER, "metadata": "{}", "prompt_tokens": 3,
-            "gen_seconds": 0.0, "error": None}
-    return pa.Table.from_pylist([{**base, **s} for s in samples])
+PROMPT = {"prompt_id": "p", "prompt": "Add: 2+3", "messages": USER, "metadata": "{}"}
 
 
 def test_truncated_samples_are_not_selected_by_default():
@@ -91,10 +88,10 @@ def test_truncated_samples_are_not_selected_by_default():
         {"model": "b", "sample_idx": 0, "response": "5", "num_tokens": 2, "finish_reason": "stop", "reward": 0.7},
         {"model": "b", "sample_idx": 1, "response": "4", "num_tokens": 2, "finish_reason": "stop", "reward": 0.1},
     ]
-    chosen = select_group(_scored(samples)).to_pylist()[0]
+    chosen = selection(PROMPT, samples)
     assert chosen["y_ws"] == "5" and chosen["y_worst"] == "4" and chosen["num_candidates"] == 2
     assert json.loads(chosen["rewards_by_model"]) == {"b": [0.7, 0.1]}
-    kept = select_group(_scored(samples), keep_truncated=True).to_pylist()[0]
+    kept = selection(PROMPT, samples, keep_truncated=True)
     assert kept["y_ws"] == "5 and then som"
     only_truncated = [samples[0]]
-    assert select_group(_scored(only_truncated)).num_rows == 0
+    assert selection(PROMPT, only_truncated) is None

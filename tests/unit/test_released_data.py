@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.prompt_plan import read_prompts
 from wrpo_ray.config import PreferenceTrainConfig, SftConfig
-from wrpo_ray.data.prompts import InputError, read_prompts
+from wrpo_ray.data.prompts import InputError
 from wrpo_ray.train.run import describe_stage, read_rows
 
 

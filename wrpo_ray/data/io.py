@@ -28,7 +28,8 @@ def _swap_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
+def atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
+    """Write a directory with `write(tmp)` into a temporary sibling and swap it in for `final`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -51,7 +52,7 @@ def write_table(table: pa.Table, final: str | Path, *, sort_by: list[str] | None
         for i in range(n_shards):
             pq.write_table(table.slice(i * rows_per_shard, rows_per_shard), tmp / f"part-{i:05d}.parquet")
 
-    return _atomic_dir(Path(final), write)
+    return atomic_dir(Path(final), write)
 
 
 def write_dataset(ds: Any, final: str | Path, schema: pa.Schema | None = None) -> Path:
@@ -73,7 +74,7 @@ def write_dataset(ds: Any, final: str | Path, schema: pa.Schema | None = None) -
             tmp.mkdir(parents=True, exist_ok=True)
             pq.write_table(schema.empty_table(), tmp / "part-00000.parquet")
 
-    return _atomic_dir(Path(final), write)
+    return atomic_dir(Path(final), write)
 
 
 def fingerprint(obj: Any) -> str:

@@ -10,27 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+
+from wrpo_ray.data.schemas import PROMPTS
 
 ROLES = frozenset({"system", "user", "assistant"})
 
 
 class InputError(ValueError):
     """Input that cannot be read at all, or bad rows under `strict`."""
-
-
-@dataclass
-class PromptBatch:
-    """The result of reading and validating one prompt source."""
-
-    valid: list[dict[str, Any]] = field(default_factory=list)
-    quarantined: list[dict[str, Any]] = field(default_factory=list)
-    rows_in: int = 0
-
-    def counts(self) -> dict[str, int]:
-        return {"in": self.rows_in, "out": len(self.valid), "quarantined": len(self.quarantined)}
 
 
 def derive_prompt_id(messages: list[dict[str, str]]) -> str:
@@ -41,17 +32,9 @@ def derive_prompt_id(messages: list[dict[str, str]]) -> str:
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
     with open(path, encoding="utf-8", errors="replace") as f:
         for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield i, None, f"invalid_json: {e.msg} at column {e.colno}", line.rstrip("\n")
-                continue
-            if not isinstance(row, dict):
-                yield i, None, f"invalid_row: expected a JSON object, got {type(row).__name__}", line.rstrip("\n")
-                continue
-            yield i, row, None, line.rstrip("\n")
+            if line.strip():
+                row, error = parse_json_line(line)
+                yield i, row, error, line.rstrip("\n")
 
 
 def _iter_table_rows(rows: Iterator[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any], None, str]]:
@@ -122,71 +105,81 @@ def _messages_of(row: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str 
     return [{"role": "user", "content": row["prompt"]}], None
 
 
-def validate_rows(
-    rows: Iterator[tuple[int, dict[str, Any] | None, str | None, str]],
-    *,
-    source: str,
-    max_prompt_chars: int,
-) -> PromptBatch:
-    batch = PromptBatch()
-    seen: dict[str, str] = {}
-
-    def quarantine(index: int, reason: str, raw: str) -> None:
-        batch.quarantined.append({"source": source, "row_index": index, "reason": reason, "raw": raw[:2000]})
-
-    for index, row, error, raw in rows:
-        batch.rows_in += 1
-        if error is not None or row is None:
-            quarantine(index, error or "unreadable", raw)
-            continue
-        messages, reason = _messages_of(row)
-        if reason is not None:
-            quarantine(index, reason, raw)
-            continue
-        n_chars = sum(len(m["content"]) for m in messages)
-        if n_chars > max_prompt_chars:
-            quarantine(index, f"prompt_too_long: {n_chars} chars > {max_prompt_chars}", raw)
-            continue
-        pid = row.get("prompt_id")
-        if pid is None:
-            pid = derive_prompt_id(messages)
-        elif isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
-            quarantine(index, f"invalid_prompt_id: {pid!r}", raw)
-            continue
-        pid = str(pid)
-        content_key = derive_prompt_id(messages)
-        if pid in seen:
-            if seen[pid] == content_key:
-                quarantine(index, f"duplicate_row: same prompt_id {pid!r} and content as an earlier row", raw)
-            else:
-                quarantine(index, f"duplicate_prompt_id: {pid!r} already used by a different prompt", raw)
-            continue
-        seen[pid] = content_key
-        metadata = {k: v for k, v in row.items() if k not in {"prompt_id", "prompt", "messages"}}
-        batch.valid.append(
-            {
-                "prompt_id": pid,
-                "prompt": messages[-1]["content"],
-                "messages": messages,
-                "metadata": json.dumps(metadata, default=str, sort_keys=True),
-            }
-        )
-    return batch
+CHECKED = pa.schema([
+    *PROMPTS,
+    ("group_key", pa.string()),
+    ("content_key", pa.string()),
+    ("source", pa.string()),
+    ("row_index", pa.int64()),
+    ("reason", pa.string()),
+    ("raw", pa.string()),
+])
+"""A validated input row: a prompt (`reason` null) or a row to quarantine (`reason` set)."""
 
 
-def read_prompts(
-    path: str | Path, *, max_prompt_chars: int, strict: bool = False, split: str = "train"
-) -> PromptBatch:
-    """Read and validate prompts; with `strict`, any bad row raises `InputError` listing the first few.
+def parse_json_line(line: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A JSONL line as an object, or the reason it is not one."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"invalid_json: {e.msg} at column {e.colno}"
+    if not isinstance(row, dict):
+        return None, f"invalid_row: expected a JSON object, got {type(row).__name__}"
+    return row, None
 
-    A prompt given as one message (`{"role": "user", "content": ...}`, as in the paper's released data) is a
-    one-turn chat; `split` picks the split of a saved DatasetDict.
+
+def check_row(row: dict[str, Any] | None, error: str | None, *, max_prompt_chars: int) -> dict[str, Any]:
+    """One input row as `{prompt_id, prompt, messages, metadata, content_key}`, or `{reason}` to quarantine it.
+
+    Checks that need other rows (two rows with one prompt_id) are `first_of_each_id`'s.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"prompt input {path} does not exist")
-    batch = validate_rows(iter_input_rows(path, split), source=str(path), max_prompt_chars=max_prompt_chars)
-    if strict and batch.quarantined:
-        head = "; ".join(f"row {q['row_index']}: {q['reason']}" for q in batch.quarantined[:5])
-        raise InputError(f"{len(batch.quarantined)} bad prompt rows in {path} (strict mode): {head}")
-    return batch
+    if error is not None or row is None:
+        return {"reason": error or "unreadable"}
+    messages, reason = _messages_of(row)
+    if reason is not None:
+        return {"reason": reason}
+    n_chars = sum(len(m["content"]) for m in messages)
+    if n_chars > max_prompt_chars:
+        return {"reason": f"prompt_too_long: {n_chars} chars > {max_prompt_chars}"}
+    content_key = derive_prompt_id(messages)
+    pid = row.get("prompt_id")
+    if pid is None:
+        pid = content_key
+    elif isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
+        return {"reason": f"invalid_prompt_id: {pid!r}"}
+    metadata = {k: v for k, v in row.items() if k not in {"prompt_id", "prompt", "messages"}}
+    return {"prompt_id": str(pid), "prompt": messages[-1]["content"], "messages": messages,
+            "metadata": json.dumps(metadata, default=str, sort_keys=True), "content_key": content_key}
+
+
+def check_batch(batch: pa.Table, max_prompt_chars: int) -> pa.Table:
+    """Ray Data map over raw rows (`source, row_index, raw` JSON text): every row checked, as `CHECKED`."""
+    out = []
+    for source, index, raw in zip(batch["source"].to_pylist(), batch["row_index"].to_pylist(),
+                                  batch["raw"].to_pylist(), strict=True):
+        row, error = parse_json_line(raw)
+        checked = check_row(row, error, max_prompt_chars=max_prompt_chars)
+        if checked.get("reason") is None:
+            checked["group_key"] = "id:" + checked["prompt_id"]
+        else:
+            checked["group_key"] = f"row:{index}:{source}"
+            checked["raw"] = raw[:2000]
+        out.append({**checked, "source": source, "row_index": index})
+    return pa.Table.from_pylist(out, schema=CHECKED)
+
+
+def first_of_each_id(group: pa.Table) -> pa.Table:
+    """Ray Data `map_groups` over the rows of one `group_key` (a prompt_id, or one rejected row): the first
+    (by source, row) stays as it is, every later one is quarantined as a repeat of it (same content) or a clash
+    (different content)."""
+    if group.num_rows == 1:
+        return group
+    group = group.sort_by([("source", "ascending"), ("row_index", "ascending")])
+    rows = group.to_pylist()
+    first = rows[0]
+    for r in rows[1:]:
+        kind = "duplicate_row: same prompt_id {!r} and content as" if r["content_key"] == first["content_key"] \
+            else "duplicate_prompt_id: {!r} already used by a different prompt at"
+        r["reason"] = f"{kind.format(r['prompt_id'])} row {first['row_index']} of {first['source']}"
+        r["raw"] = json.dumps({"prompt_id": r["prompt_id"], "messages": r["messages"]}, ensure_ascii=False)[:2000]
+    return pa.Table.from_pylist(rows, schema=CHECKED)

@@ -8,7 +8,11 @@ on a spot cluster that loses a node mid-stage, the work already scored is kept.
 A pair is complete when one attempt holds every sample index `0..n-1` of it, or its error row (a prompt
 too long for that model, quarantined). Ray Data may split a pair's samples across two batches, so an
 attempt can leave a pair half-written; such a pair is generated again whole and only the newest complete
-attempt of each pair is read back, so no sample is ever counted twice.
+attempt of each pair is read back, one row per sample index, so no sample is ever counted twice (a commit
+task retried after its file was written leaves the batch there twice).
+
+Which pairs are complete is decided per prompt inside Ray Data plans (`complete_attempts` in `map_groups`),
+never by collecting `scored/` in the driver: a resume of a million prompts costs the driver no memory.
 
 `scored/_run.json` records a fingerprint of the stage's settings and prompts; when it differs, `scored/`
 is cleared, so a changed config never mixes old samples with new ones.
@@ -21,12 +25,10 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wrpo_ray.data.io import write_json
@@ -61,65 +63,75 @@ def commit_batch(batch: pa.Table, scored_dir: str, attempt: int) -> pa.Table:
     return pa.table({"rows": [batch.num_rows]})
 
 
-@dataclass
-class CommittedState:
-    """What `scored/` holds: the complete pairs (with the attempt to read back) and the rows to leave out
-    (`overrides`: pairs written by more than one attempt, or never completed)."""
-
-    files: list[Path] = field(default_factory=list)
-    complete: dict[tuple[str, str], int] = field(default_factory=dict)
-    incomplete: set[tuple[str, str]] = field(default_factory=set)
-    overrides: dict[tuple[str, str], int | None] = field(default_factory=dict)
-
-    def pending(self, prompts: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
-        """The prompt rows whose (prompt, `model`) pair no attempt completed."""
-        return [r for r in prompts if (r["prompt_id"], model) not in self.complete]
+def committed_files(scored_dir: Path) -> list[Path]:
+    """The committed batch files of `scored_dir`, in name order (temporary and stray files left out)."""
+    if not scored_dir.is_dir():
+        return []
+    return sorted(p for p in scored_dir.iterdir() if _PART.match(p.name))
 
 
-def _attempt_of(path: Path) -> int:
-    m = _PART.match(path.name)
+def attempt_of(path: str | Path) -> int:
+    m = _PART.match(Path(path).name)
     if m is None:
         raise ValueError(f"unexpected file in the scored directory: {path}")
     return int(m.group(1))
 
 
-def scan(scored_dir: Path, samples_per_model: dict[str, int]) -> CommittedState:
-    """Read the key columns of every committed file and decide which pairs are complete."""
-    state = CommittedState()
-    if not scored_dir.is_dir():
-        return state
-    state.files = sorted(p for p in scored_dir.iterdir() if _PART.match(p.name))
-    seen: dict[tuple[str, str], dict[int, set[int]]] = {}
-    errored: dict[tuple[str, str], set[int]] = {}
-    for path in state.files:
-        attempt = _attempt_of(path)
-        keys = pq.read_table(path, columns=["prompt_id", "model", "sample_idx", "error"])
-        has_error = pc.invert(pc.is_null(keys["error"])).to_pylist()
-        for pid, model, idx, err in zip(keys["prompt_id"].to_pylist(), keys["model"].to_pylist(),
-                                        keys["sample_idx"].to_pylist(), has_error, strict=True):
-            pair = (pid, model)
-            if err:
-                errored.setdefault(pair, set()).add(attempt)
-            seen.setdefault(pair, {}).setdefault(attempt, set()).add(idx)
-    for pair, by_attempt in seen.items():
-        want = set(range(samples_per_model.get(pair[1], 0)))
-        done = [a for a, idx in by_attempt.items() if idx == want or a in errored.get(pair, set())]
-        if done:
-            state.complete[pair] = max(done)
-            if len(by_attempt) > 1:
-                state.overrides[pair] = max(done)
-        else:
-            state.incomplete.add(pair)
-            state.overrides[pair] = None
-    return state
+TAGS = [("attempt", pa.int32()), ("file", pa.string())]
+TAGGED = pa.schema([*SCORED, *TAGS])
+"""A committed sample with the attempt that wrote it and its file; a prompt of the stage's input has no model."""
 
 
-def keep_rows(batch: pa.Table, overrides: dict[tuple[str, str], int | None]) -> pa.Table:
-    """Ray Data filter (reading with `include_paths=True`): for a pair in `overrides`, only the rows of
-    the attempt it names (none for `None`); every other row is kept."""
-    attempts = [_attempt_of(Path(p)) for p in batch["path"].to_pylist()]
-    mask = []
-    for pid, model, a in zip(batch["prompt_id"].to_pylist(), batch["model"].to_pylist(), attempts, strict=True):
-        pair = (pid, model)
-        mask.append(pair not in overrides or overrides[pair] == a)
-    return batch.filter(pa.array(mask, pa.bool_())).drop_columns(["path"])
+def as_tagged(batch: pa.Table) -> pa.Table:
+    """Ray Data map: a batch read from committed files with `include_paths=True` (any subset of `SCORED`'s
+    columns), or a batch of prompts, as `TAGGED` rows; missing columns are null."""
+    n = batch.num_rows
+    if "path" in batch.column_names:
+        paths = batch["path"].to_pylist()
+        batch = batch.drop_columns(["path"])
+        batch = batch.append_column("attempt", pa.array([attempt_of(p) for p in paths], pa.int32()))
+        batch = batch.append_column("file", pa.array([Path(p).name for p in paths], pa.string()))
+    columns = [batch[f.name].cast(f.type) if f.name in batch.column_names else pa.nulls(n, f.type)
+               for f in TAGGED]
+    return pa.Table.from_arrays(columns, schema=TAGGED)
+
+
+def read_committed(scored_dir: Path, columns: list[str] | None = None) -> Any:
+    """The committed samples of `scored_dir` (`columns` of them, keys always included) as a `TAGGED` Ray
+    Dataset, or None when nothing is committed yet."""
+    import ray
+
+    files = committed_files(scored_dir)
+    if not files:
+        return None
+    ds = ray.data.read_parquet([str(f) for f in files], include_paths=True)
+    if columns is not None:
+        ds = ds.select_columns(list(dict.fromkeys(["prompt_id", "model", "sample_idx", "error", *columns, "path"])))
+    return ds.map_batches(as_tagged, batch_format="pyarrow")
+
+
+def complete_attempts(rows: list[dict[str, Any]], samples_per_model: dict[str, int]) -> dict[str, int | None]:
+    """For the committed rows of one prompt: per model, the newest attempt that holds the whole pair (every
+    sample index `0..n-1`, or its error row), or None when no attempt does."""
+    seen: dict[str, dict[int, set[int]]] = {}
+    errored: dict[str, set[int]] = {}
+    for r in rows:
+        seen.setdefault(r["model"], {}).setdefault(r["attempt"], set()).add(r["sample_idx"])
+        if r["error"] is not None:
+            errored.setdefault(r["model"], set()).add(r["attempt"])
+    out: dict[str, int | None] = {}
+    for model, by_attempt in seen.items():
+        want = set(range(samples_per_model.get(model, 0)))
+        done = [a for a, idx in by_attempt.items() if want <= idx or a in errored.get(model, set())]
+        out[model] = max(done) if done else None
+    return out
+
+
+def rows_to_keep(rows: list[dict[str, Any]], chosen: dict[str, int | None]) -> list[dict[str, Any]]:
+    """The rows of each pair's chosen attempt, one per sample index: a batch whose commit task was retried
+    after its file was written is in `scored/` twice, and the first file (by name) is kept."""
+    kept: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: r["file"]):
+        if chosen.get(r["model"]) == r["attempt"]:
+            kept.setdefault((r["model"], r["sample_idx"]), r)
+    return list(kept.values())

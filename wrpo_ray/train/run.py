@@ -12,11 +12,12 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,7 @@ from wrpo_ray.train.cursor import DataOrder
 from wrpo_ray.train.losses import LossConfig
 from wrpo_ray.train.preference_data import Kind, in_sft_split, normalize_preference_row
 from wrpo_ray.train.stages import ReferenceLogps, TokenizeBatch, quarantine_row
-from wrpo_ray.train.worker import CKPT_TAG, LoopSpec, format_step, train_loop_per_worker
+from wrpo_ray.train.worker import CKPT_TAG, LoopSpec, checkpoint_step, format_step, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
     resume = resume_point(out, spec, cfg, rows.examples)
     log.info("%s: %d rows, %d optimizer steps (%d per epoch), resume from %s", stage.name, spec.num_rows,
              spec.total_steps, order.steps_per_epoch, resume)
+    earlier_attempts = len(read_attempts(spec))
     result, train_seconds = fit(cfg, spec, data, out / "checkpoints", resume)
+    restarts = read_attempts(spec)[earlier_attempts + 1:]
     model_dir, last_step = export(cfg, out)
     _write_quarantine(rows, out)
     summary = {
@@ -125,6 +128,8 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
                  "unused_per_epoch": order.unused_per_epoch},
         "truncated": truncation,
         "steps": {"total": spec.total_steps, "completed": last_step, "per_epoch": order.steps_per_epoch},
+        "restarts": len(restarts),
+        "restarted_from_steps": [a["step"] for a in restarts],
         "reference": reference,
         "seconds": {"reference": round(ref_seconds, 2), "train": round(train_seconds, 2),
                     "per_step_median": _median_step_seconds(Path(spec.metrics_file))},
@@ -279,6 +284,7 @@ def loop_spec(cfg: TrainerSettings, stage: TrainingStage, order: DataOrder, refe
         warmup_ratio=cfg.warmup_ratio, zero_stage=cfg.zero_stage, logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, seed=cfg.seed, shuffle=cfg.shuffle,
         tensorboard_dir=str(out / "tensorboard"), metrics_file=str(out / "metrics.jsonl"),
+        attempts_file=str(out / "checkpoints" / "attempts.jsonl"),
     )
     return spec
 
@@ -288,30 +294,28 @@ def resume_point(out: Path, spec: LoopSpec, cfg: TrainerSettings, examples: list
 
     Resuming another run's checkpoint (a retrained reference, a new learning rate or max_length) would
     silently train from the wrong weights, or not at all when that run had finished. Metrics logged after
-    the checkpoint (a run that died between two saves) are dropped: the resumed run logs those steps again.
+    the checkpoint (a run that died between two saves) are dropped by the resumed workers
+    (`worker.start_attempt`), which log those steps again.
     """
-    metrics = out / "metrics.jsonl"
-    _start_or_continue(out / "checkpoints", metrics, _run_fingerprint(spec, cfg, examples))
+    _start_or_continue(out / "checkpoints", out / "metrics.jsonl", _run_fingerprint(spec, cfg, examples))
     latest = _latest_checkpoint(out / "checkpoints" / "run")
-    _drop_metrics_after(metrics, _checkpoint_step(latest) if latest else 0)
     return str(latest) if latest else None
+
+
+def read_attempts(spec: LoopSpec) -> list[dict[str, Any]]:
+    """Every worker group this run started (`worker.start_attempt`), in order, with the step it resumed from."""
+    path = Path(spec.attempts_file)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
 
 
 def _run_fingerprint(spec: LoopSpec, cfg: TrainerSettings, examples: list[dict[str, Any]]) -> str:
     # where to stop and how often to log or save do not change the trajectory, so a run may resume across them
-    ignored = ("max_steps", "logging_steps", "save_steps", "tensorboard_dir", "metrics_file")
+    ignored = ("max_steps", "logging_steps", "save_steps", "tensorboard_dir", "metrics_file", "attempts_file")
     run = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ignored}
-    settings = cfg.model_dump(exclude={"max_steps", "logging_steps", "save_steps", "output_dir"})
+    settings = cfg.model_dump(exclude={"max_steps", "logging_steps", "save_steps", "max_failures", "output_dir"})
     return fingerprint([run, settings, examples])
-
-
-def _drop_metrics_after(metrics_file: Path, step: int) -> None:
-    if not metrics_file.is_file():
-        return
-    lines = metrics_file.read_text().splitlines()
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(lines):
-        metrics_file.write_text("".join(line + "\n" for line in kept))
 
 
 def _start_or_continue(storage: Path, metrics_file: Path, fingerprint: str) -> None:
@@ -325,11 +329,6 @@ def _start_or_continue(storage: Path, metrics_file: Path, fingerprint: str) -> N
     write_json({"fingerprint": fingerprint}, marker)
 
 
-def _checkpoint_step(checkpoint: Path) -> int:
-    """The optimizer step of a `step-NNNNNN` checkpoint directory."""
-    return int(checkpoint.name.split("-")[1])
-
-
 def _latest_checkpoint(run_dir: Path) -> Path | None:
     done = sorted(p for p in run_dir.glob("step-*") if (p / CKPT_TAG).is_dir())
     return done[-1] if done else None
@@ -338,7 +337,7 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 def fit(cfg: TrainerSettings, spec: LoopSpec, ds: Any, storage: Path, resume: str | None) -> tuple[Any, float]:
     """Ray Train + DeepSpeed. Every worker gets the whole (tokenized) dataset and draws its own micro-batches
     from it by `DataOrder`, so no split of Ray Data's decides which worker sees which row."""
-    from ray.train import CheckpointConfig, DataConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from wrpo_ray.console import verbose
@@ -348,9 +347,7 @@ def fit(cfg: TrainerSettings, spec: LoopSpec, ds: Any, storage: Path, resume: st
         train_loop_config={"spec": dataclasses.asdict(spec), "resume_from": resume},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.resources_per_worker}),
-        run_config=RunConfig(name="run", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
+        run_config=run_config(cfg, storage),
         datasets={"train": ds},
         dataset_config=DataConfig(datasets_to_split=[]),
     )
@@ -358,6 +355,18 @@ def fit(cfg: TrainerSettings, spec: LoopSpec, ds: Any, storage: Path, resume: st
     with echo_steps(Path(spec.metrics_file), enabled=not verbose()):
         result = trainer.fit()
     return result, time.perf_counter() - t0
+
+
+def run_config(cfg: TrainerSettings, storage: Path) -> Any:
+    """Checkpoints under `storage/run`; a lost worker makes Ray Train restart the whole worker group from the
+    latest checkpoint, up to `max_failures` times."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+
+    from wrpo_ray.console import verbose
+
+    return RunConfig(name="run", storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2),
+                     failure_config=FailureConfig(max_failures=cfg.max_failures),
+                     logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"))
 
 
 @contextlib.contextmanager
@@ -371,22 +380,12 @@ def echo_steps(metrics_file: Path, enabled: bool) -> Iterator[None]:
         yield
         return
     stop = threading.Event()
-    start = metrics_file.stat().st_size if metrics_file.is_file() else 0
+    echo = StepEcho(metrics_file, lambda line: print(line, flush=True))
 
     def follow() -> None:
-        offset = start
-        while True:
-            finished = stop.wait(1.0)
-            if metrics_file.is_file():
-                with open(metrics_file, "rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-                whole = chunk[: chunk.rfind(b"\n") + 1]
-                offset += len(whole)
-                for line in whole.decode().splitlines():
-                    print(format_step(json.loads(line)), flush=True)
-            if finished:
-                return
+        while not stop.wait(1.0):
+            echo.poll()
+        echo.poll()
 
     thread = threading.Thread(target=follow, name="echo-steps", daemon=True)
     thread.start()
@@ -395,6 +394,44 @@ def echo_steps(metrics_file: Path, enabled: bool) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+class StepEcho:
+    """Shows each line of `metrics.jsonl` once; the lines already in the file when it starts count as shown.
+
+    A worker group that Ray Train restarts replaces the file without the steps logged after the checkpoint
+    it resumes from (`worker.drop_metrics_after`) and logs them again. A replaced file is read again from
+    its start, and a line is shown unless the very same line was shown for its step.
+    """
+
+    def __init__(self, metrics_file: Path, show: Callable[[str], None]) -> None:
+        self.path, self.show = metrics_file, show
+        self.inode: int | None = None
+        self.offset = 0
+        self.shown: dict[int, int] = {}
+        self._read(show_lines=False)
+
+    def poll(self) -> None:
+        self._read(show_lines=True)
+
+    def _read(self, show_lines: bool) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                if stat.st_ino != self.inode or stat.st_size < self.offset:
+                    self.inode, self.offset = stat.st_ino, 0
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(whole)
+        for line in whole.decode().splitlines():
+            metrics = json.loads(line)
+            if self.shown.get(metrics["step"]) != hash(line):
+                self.shown[metrics["step"]] = hash(line)
+                if show_lines:
+                    self.show(format_step(metrics))
 
 
 # --- 5. export and summarise --------------------------------------------------------------------------
@@ -407,7 +444,7 @@ def export(cfg: TrainerSettings, out: Path) -> tuple[Path | None, int]:
     final = _latest_checkpoint(out / "checkpoints" / "run")
     if final is None:
         return None, 0
-    last_step = _checkpoint_step(final)
+    last_step = checkpoint_step(final)
     if not (final / "hf_model").is_dir():
         return None, last_step
     model_dir = out / "model"

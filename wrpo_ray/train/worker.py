@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ class LoopSpec:
     shuffle: bool
     tensorboard_dir: str
     metrics_file: str
+    attempts_file: str
 
 
 def deepspeed_config(spec: LoopSpec, dtype: torch.dtype) -> dict[str, Any]:
@@ -144,18 +146,56 @@ def setup(spec: LoopSpec, resume_from: str | None) -> Worker:
             opt, cosine_with_warmup(spec.total_steps, spec.warmup_ratio)),
         dist_init_required=False,
     )
-    step = 0
     checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(resume_from) if resume_from else None)
+    step = checkpoint_step(Path(checkpoint.path)) if checkpoint else 0
+    if ctx.get_world_rank() == 0:
+        start_attempt(spec, step)
     if checkpoint:
         with checkpoint.as_directory() as d:
             _, client = engine.load_checkpoint(d, tag=CKPT_TAG)
-        step = int(client["step"])
+        if int(client["step"]) != step:
+            raise RuntimeError(f"checkpoint {checkpoint.path} holds step {client['step']}, not {step}")
     order = DataOrder(num_rows=spec.num_rows, world_size=ctx.get_world_size(), micro_batch_size=spec.micro_batch_size,
                       gradient_accumulation_steps=spec.gradient_accumulation_steps, seed=spec.seed,
                       shuffle=spec.shuffle)
     return Worker(spec=spec, rank=ctx.get_world_rank(), engine=engine, scheduler=scheduler, reference=reference,
                   loss_cfg=loss_cfg, rows=_all_rows(spec.num_rows), order=order, pad_id=padding_id(tokenizer),
                   device=device, step=step)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step of a `step-NNNNNN` checkpoint directory."""
+    return int(checkpoint.name.split("-")[1])
+
+
+def start_attempt(spec: LoopSpec, step: int) -> None:
+    """Rank 0 of every worker group, before training: the metrics an earlier group logged after the checkpoint
+    this one resumes from are dropped (this group logs those steps again), and the attempt is recorded."""
+    drop_metrics_after(Path(spec.metrics_file), step)
+    with open(spec.attempts_file, "a") as f:
+        f.write(json.dumps({"step": step, "time": round(time.time(), 3)}) + "\n")
+
+
+def drop_metrics_after(metrics_file: Path, step: int) -> None:
+    """Keep the lines of steps <= `step` (a line cut short by a killed writer goes too). The file is replaced
+    whole, never rewritten in place, so a reader sees the old file or the new one."""
+    if not metrics_file.is_file():
+        return
+    lines = metrics_file.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if (s := _logged_step(line)) is not None and s <= step]
+    if len(kept) != len(lines):
+        tmp = metrics_file.with_name(metrics_file.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, metrics_file)
+
+
+def _logged_step(line: str) -> int | None:
+    if not line.endswith("\n"):
+        return None
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _all_rows(expected: int):
@@ -180,7 +220,7 @@ def train(w: Worker) -> None:
     from wrpo_ray.train.batching import collate
 
     spec = w.spec
-    writer = _tensorboard(spec) if w.rank == 0 else None
+    writer = _tensorboard(spec, w.step) if w.rank == 0 else None
     last_step = min(spec.total_steps, spec.max_steps or spec.total_steps)
     window: list[dict[str, torch.Tensor]] = []
     metrics: dict[str, float] = {}
@@ -213,10 +253,11 @@ def train(w: Worker) -> None:
         writer.close()
 
 
-def _tensorboard(spec: LoopSpec):
+def _tensorboard(spec: LoopSpec, step: int):
+    """Events an earlier attempt wrote after `step` are purged: this attempt logs those steps again."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(spec.tensorboard_dir)
+    return SummaryWriter(spec.tensorboard_dir, purge_step=step + 1 if step else None)
 
 
 def _sft_step(engine, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
