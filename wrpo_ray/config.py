@@ -73,6 +73,10 @@ class PoolConfig(_Strict):
     def max_actors(self) -> int:
         return self.concurrency if isinstance(self.concurrency, int) else self.concurrency[1]
 
+    @property
+    def min_actors(self) -> int:
+        return self.concurrency if isinstance(self.concurrency, int) else self.concurrency[0]
+
     def compute(self):
         """Ray Data's actor-pool strategy for this pool."""
         import ray.data
@@ -143,7 +147,8 @@ class DataConfig(_Strict):
     @field_validator("prompts")
     @classmethod
     def _exists(cls, v: str) -> str:
-        if not Path(v).exists():
+        """A local path must exist now; a URI (`s3://...`, any filesystem Ray Data reads) is checked when read."""
+        if "://" not in v and not Path(v).exists():
             raise ValueError(f"prompts file {v!r} does not exist")
         return str(Path(v).resolve())
 
@@ -160,6 +165,11 @@ class GenerateConfig(_Strict):
     """Let samples that stopped at `max_tokens` (finish_reason "length") be selected as y_ws / y_wt / y_l.
 
     Off by default: an answer cut short would be trained on as if complete, with an end-of-turn appended."""
+    wave_gpus: float | None = Field(None, gt=0)
+    """The GPUs one wave of source pools may hold at its start: sources run in waves (config order) whose pools'
+    minimum sizes, plus the reward pool's, fit this budget; None runs every source at once. Set it to the
+    GPUs the generation node type can reach, so a cluster smaller than all pools together never waits for
+    capacity it cannot have (`wrpo_ray.generate.waves`)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> GenerateConfig:
@@ -167,6 +177,13 @@ class GenerateConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"sources: duplicate names {dupes}")
+        return self
+
+    @model_validator(mode="after")
+    def _waves_fit(self) -> GenerateConfig:
+        from wrpo_ray.generate.waves import plan_waves
+
+        plan_waves(self)
         return self
 
 

@@ -3,10 +3,8 @@ of validation read prompts with."""
 
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-
 from wrpo_ray.data.prompt_source import input_files, open_input, read_blocks
-from wrpo_ray.data.prompts import CHECKED, check_batch, first_of_each_id
+from wrpo_ray.data.prompts import check_batch, first_of_each_id
 
 
 @dataclass
@@ -29,7 +27,7 @@ def read_prompts(path, max_prompt_chars: int, split: str = "train") -> Checked:
     for r in rows:
         by_id.setdefault(r["group_key"], []).append(r)
     for group in by_id.values():
-        for r in first_of_each_id(pa.Table.from_pylist(group, schema=CHECKED)).to_pylist():
+        for r in first_of_each_id(group):
             (out.quarantined if r["reason"] else out.valid).append(r)
     out.valid.sort(key=lambda r: (r["source"], r["row_index"]))
     return out

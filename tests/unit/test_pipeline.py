@@ -2,7 +2,7 @@ import json
 
 import pyarrow as pa
 
-from wrpo_ray.data.handoff import SIDED, quadruple_of, target_prompt_lines
+from wrpo_ray.data.handoff import QUADRUPLE_OR_ASIDE, SIDED, quadruple_of, target_prompt_lines
 from wrpo_ray.data.schemas import SELECTIONS
 from wrpo_ray.pipeline import StageRunner
 from wrpo_ray.train.preference_data import in_sft_split
@@ -88,26 +88,24 @@ def test_resume_fingerprint_sees_every_trajectory_setting():
 
 
 def _sided(side, row):
-    return pa.Table.from_pylist([{"side": side, **row}], schema=SIDED)
+    return pa.Table.from_pylist([{"side": side, **row}], schema=SIDED).to_pylist()
 
 
 def test_quadruple_joins_the_two_sides_of_a_prompt():
-    group = pa.concat_tables([_sided("sources", _sel("1", "src1", 0.9)),
-                              _sided("target", _sel("1", "t1-best", 0.5, "t1-worst", 0.1))])
-    (row,) = quadruple_of(group).to_pylist()
+    group = _sided("sources", _sel("1", "src1", 0.9)) + _sided("target", _sel("1", "t1-best", 0.5, "t1-worst", 0.1))
+    (row,) = quadruple_of(group)
+    assert pa.Table.from_pylist([row], schema=QUADRUPLE_OR_ASIDE).num_rows == 1
     assert row["kind"] == "quadruple"
     assert (row["y_ws"], row["y_wt"], row["y_l"], row["reward_ws"]) == ("src1", "t1-best", "t1-worst", 0.9)
 
 
 def test_quadruple_sets_aside_tied_and_thin_target_samples():
-    tied = quadruple_of(pa.concat_tables([_sided("sources", _sel("2", "s", 0.8)),
-                                          _sided("target", _sel("2", "t2", 0.3, "t2b", 0.3))])).to_pylist()
-    thin = quadruple_of(pa.concat_tables([_sided("sources", _sel("3", "s", 0.1)),
-                                          _sided("target", _sel("3", "t3", 0.9, candidates=1))])).to_pylist()
+    tied = quadruple_of(_sided("sources", _sel("2", "s", 0.8)) + _sided("target", _sel("2", "t2", 0.3, "t2b", 0.3)))
+    thin = quadruple_of(_sided("sources", _sel("3", "s", 0.1)) + _sided("target", _sel("3", "t3", 0.9, candidates=1)))
     assert tied[0]["kind"] == thin[0]["kind"] == "quarantine"
     assert tied[0]["reason"].startswith("target_samples_tied")
     assert thin[0]["reason"].startswith("too_few_target_samples")
-    assert quadruple_of(_sided("sources", _sel("4", "s", 0.1))).num_rows == 0   # an SFT prompt: no target side
+    assert quadruple_of(_sided("sources", _sel("4", "s", 0.1))) == []   # an SFT prompt: no target side
 
 
 def test_target_prompts_are_the_complement_of_the_sft_split():

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data.datasource import BlockBasedFileDatasink
 
+from wrpo_ray.data.groups import group_partitions, map_key_groups
 from wrpo_ray.data.io import atomic_dir
-from wrpo_ray.data.prompt_source import group_partitions
 from wrpo_ray.data.schemas import PREFERENCE, QUARANTINE, SELECTIONS
 from wrpo_ray.train.preference_data import in_sft_split
 
@@ -66,14 +66,14 @@ def _sided(batch: pa.Table, side: str) -> pa.Table:
     return batch.add_column(0, "side", pa.array([side] * batch.num_rows, pa.string()))
 
 
-def quadruple_of(group: pa.Table) -> pa.Table:
-    """`map_groups` over one prompt's source selection and target selection: its quadruple, or a quarantine row
+def quadruple_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One prompt's source selection and target selection (`SIDED` rows): its quadruple, or a quarantine row
     when the target has fewer than two selectable samples or all of them tie. A prompt with one side only (an
     SFT prompt, or one no source answered) yields nothing: it is not a preference example."""
-    rows = {r["side"]: r for r in group.to_pylist()}
-    s, t = rows.get("sources"), rows.get("target")
+    sides = {r["side"]: r for r in rows}
+    s, t = sides.get("sources"), sides.get("target")
     if s is None or t is None:
-        return QUADRUPLE_OR_ASIDE.empty_table()
+        return []
     if t["num_candidates"] < 2:
         out = {"kind": "quarantine", "stage": "preference", "prompt_id": t["prompt_id"],
                "reason": f"too_few_target_samples: {t['num_candidates']} selectable (the rest failed or stopped at "
@@ -86,7 +86,7 @@ def quadruple_of(group: pa.Table) -> pa.Table:
                "y_ws": s["y_ws"], "y_wt": t["y_ws"], "y_l": t["y_worst"], "reward_ws": s["reward_ws"],
                "reward_wt": t["reward_ws"], "reward_l": t["reward_worst"], "source_model": s["source_model"],
                "metadata": s["metadata"]}
-    return pa.Table.from_pylist([out], schema=QUADRUPLE_OR_ASIDE)
+    return [out]
 
 
 def _of_kind(batch: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
@@ -109,8 +109,8 @@ def build_quadruples(sources: Path, target: Path, out: Path) -> dict[str, Any]:
     tgt = ray.data.read_parquet(str(target)).map_batches(_sided, fn_kwargs={"side": "target"},
                                                         batch_format="pyarrow")
     target_rows = tgt.count()
-    joined = src.union(tgt).groupby("prompt_id", num_partitions=group_partitions(target_rows)).map_groups(
-        quadruple_of, batch_format="pyarrow").materialize()
+    joined = map_key_groups(src.union(tgt), "prompt_id", quadruple_of, QUADRUPLE_OR_ASIDE,
+                            num_partitions=group_partitions(target_rows)).materialize()
     quads = joined.map_batches(_of_kind, fn_kwargs={"kind": "quadruple", "schema": PREFERENCE},
                                batch_format="pyarrow").materialize()
     aside = joined.map_batches(_of_kind, fn_kwargs={"kind": "quarantine", "schema": QUARANTINE},

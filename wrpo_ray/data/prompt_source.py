@@ -16,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
-from wrpo_ray.data.prompts import InputError, check_batch, first_of_each_id
+from wrpo_ray.data.groups import group_partitions, map_key_groups
+from wrpo_ray.data.prompts import CHECKED, InputError, check_batch, first_of_each_id
 from wrpo_ray.data.schemas import PROMPTS, QUARANTINE
 
 RAW_ROWS = pa.schema([
@@ -208,11 +209,6 @@ def _as_quarantine(batch: pa.Table) -> pa.Table:
     }, schema=QUARANTINE)
 
 
-def group_partitions(rows: int, rows_per_partition: int = 50_000) -> int:
-    """Shuffle partitions for a per-prompt grouping: Ray Data's default of 200 costs a small run 15 s."""
-    return max(1, min(200, -(-rows // rows_per_partition)))
-
-
 def read_prompts(path: str, *, max_prompt_chars: int, strict: bool = False, split: str = "train") -> CheckedPrompts:
     """Read and validate a prompt input with Ray Data: per-row checks in a map, repeated prompt_ids in a
     per-id grouping (a rejected row is a group of its own); with `strict`, any bad row raises `InputError`
@@ -226,8 +222,8 @@ def read_prompts(path: str, *, max_prompt_chars: int, strict: bool = False, spli
         check_batch, fn_kwargs={"max_prompt_chars": max_prompt_chars}, batch_format="pyarrow").materialize()
     rows_in = checked.count()
     if rows_in:
-        checked = checked.groupby("group_key", num_partitions=group_partitions(rows_in)).map_groups(
-            first_of_each_id, batch_format="pyarrow").materialize()
+        checked = map_key_groups(checked, "group_key", first_of_each_id, CHECKED,
+                                 num_partitions=group_partitions(rows_in)).materialize()
     valid = checked.map_batches(_where, fn_kwargs={"column": "reason", "present": False},
                                 batch_format="pyarrow").select_columns(PROMPTS.names).materialize()
     quarantine = checked.map_batches(_where, fn_kwargs={"column": "reason", "present": True},

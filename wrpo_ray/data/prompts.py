@@ -168,18 +168,16 @@ def check_batch(batch: pa.Table, max_prompt_chars: int) -> pa.Table:
     return pa.Table.from_pylist(out, schema=CHECKED)
 
 
-def first_of_each_id(group: pa.Table) -> pa.Table:
-    """Ray Data `map_groups` over the rows of one `group_key` (a prompt_id, or one rejected row): the first
-    (by source, row) stays as it is, every later one is quarantined as a repeat of it (same content) or a clash
-    (different content)."""
-    if group.num_rows == 1:
-        return group
-    group = group.sort_by([("source", "ascending"), ("row_index", "ascending")])
-    rows = group.to_pylist()
+def first_of_each_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `CHECKED` rows of one `group_key` (a prompt_id, or one rejected row): the first (by source, row) stays
+    as it is, every later one is quarantined as a repeat of it (same content) or a clash (different content)."""
+    if len(rows) == 1:
+        return rows
+    rows = sorted(rows, key=lambda r: (r["source"], r["row_index"]))
     first = rows[0]
     for r in rows[1:]:
         kind = "duplicate_row: same prompt_id {!r} and content as" if r["content_key"] == first["content_key"] \
             else "duplicate_prompt_id: {!r} already used by a different prompt at"
         r["reason"] = f"{kind.format(r['prompt_id'])} row {first['row_index']} of {first['source']}"
         r["raw"] = json.dumps({"prompt_id": r["prompt_id"], "messages": r["messages"]}, ensure_ascii=False)[:2000]
-    return pa.Table.from_pylist(rows, schema=CHECKED)
+    return rows

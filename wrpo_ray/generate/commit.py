@@ -11,8 +11,8 @@ attempt can leave a pair half-written; such a pair is generated again whole and 
 attempt of each pair is read back, one row per sample index, so no sample is ever counted twice (a commit
 task retried after its file was written leaves the batch there twice).
 
-Which pairs are complete is decided per prompt inside Ray Data plans (`complete_attempts` in `map_groups`),
-never by collecting `scored/` in the driver: a resume of a million prompts costs the driver no memory.
+Which pairs are complete is decided per prompt inside Ray Data plans (`complete_attempts`, in per-prompt
+groups), never by collecting `scored/` in the driver: a resume of a million prompts costs the driver no memory.
 
 `scored/_run.json` records a fingerprint of the stage's settings and prompts; when it differs, `scored/`
 is cleared, so a changed config never mixes old samples with new ones.

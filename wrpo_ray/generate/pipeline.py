@@ -18,15 +18,26 @@ from typing import Any
 import pyarrow as pa
 
 from wrpo_ray.config import GenerateConfig, resolve_model_path
+from wrpo_ray.data.groups import group_partitions, map_key_groups
 from wrpo_ray.data.io import fingerprint, write_dataset, write_json
-from wrpo_ray.data.prompt_source import CheckedPrompts, group_partitions, input_identity, read_prompts
+from wrpo_ray.data.prompt_source import CheckedPrompts, input_identity, read_prompts
 from wrpo_ray.data.prompts import InputError
 from wrpo_ray.data.schemas import PROMPTS, QUARANTINE, SCORED, SELECTIONS
 from wrpo_ray.generate.commit import as_tagged, commit_batch, read_committed, start_attempt
 from wrpo_ray.generate.engines import VLLMGenerator
-from wrpo_ray.generate.resolve import QUARANTINED, SAMPLE, SELECTION, pending_pairs, resolve_prompt, rows_of_kind
+from wrpo_ray.generate.resolve import (
+    PENDING,
+    QUARANTINED,
+    RESOLVED,
+    SAMPLE,
+    SELECTION,
+    pending_pairs,
+    resolve_prompt,
+    rows_of_kind,
+)
 from wrpo_ray.generate.reward import RewardModelScorer, VerifierScorer
 from wrpo_ray.generate.select import CUT_AT_MAX_TOKENS
+from wrpo_ray.generate.waves import plan_waves
 from wrpo_ray.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
@@ -92,9 +103,9 @@ def pending_by_source(prompts: CheckedPrompts, scored_dir: Path, samples_per_mod
     committed = read_committed(scored_dir, columns=[])
     if committed is None:
         return {name: prompts.valid for name in samples_per_model}, prompts.rows_valid * len(samples_per_model)
-    pending = prompts.valid.map_batches(as_tagged, batch_format="pyarrow").union(committed).groupby(
-        "prompt_id", num_partitions=group_partitions(prompts.rows_valid)).map_groups(
-        pending_pairs, fn_kwargs={"samples_per_model": samples_per_model}, batch_format="pyarrow").materialize()
+    tagged = prompts.valid.map_batches(as_tagged, batch_format="pyarrow").union(committed)
+    pending = map_key_groups(tagged, "prompt_id", pending_pairs, PENDING, num_partitions=group_partitions(
+        prompts.rows_valid), fn_kwargs={"samples_per_model": samples_per_model}).materialize()
     per_model = {r["model"]: r["count()"] for r in pending.groupby("model").count().take_all()}
     return ({name: pending.map_batches(_of_model, fn_kwargs={"model": name}, batch_format="pyarrow")
              for name in samples_per_model if per_model.get(name)}, sum(per_model.values()))
@@ -113,9 +124,10 @@ def resolve(prompts: CheckedPrompts, scored_dir: Path, samples_per_model: dict[s
     committed = read_committed(scored_dir)
     if committed is not None:
         tagged = tagged.union(committed)
-    return tagged.groupby("prompt_id", num_partitions=group_partitions(prompts.rows_valid)).map_groups(
-        resolve_prompt, fn_kwargs={"samples_per_model": samples_per_model, "keep_truncated": keep_truncated},
-        batch_format="pyarrow").materialize()
+    return map_key_groups(tagged, "prompt_id", resolve_prompt, RESOLVED,
+                          num_partitions=group_partitions(prompts.rows_valid),
+                          fn_kwargs={"samples_per_model": samples_per_model, "keep_truncated": keep_truncated}
+                          ).materialize()
 
 
 def _tally(batch: pa.Table) -> pa.Table:
@@ -174,12 +186,17 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     log.info("generate: attempt %d, %d (prompt, model) pairs already scored, %d to generate",
              attempt, pairs_reused, pairs_pending)
     t0 = time.perf_counter()
-    if pending:
-        committed = score(source_samples(pending, cfg), cfg).map_batches(
+    waves = plan_waves(cfg)
+    for i, wave in enumerate(waves):
+        todo = {name: ds for name, ds in pending.items() if name in wave}
+        if not todo:
+            continue
+        committed = score(source_samples(todo, cfg), cfg).map_batches(
             commit_batch, fn_kwargs={"scored_dir": str(scored_dir), "attempt": attempt},
             batch_format="pyarrow", batch_size=None, num_cpus=0.1,
         ).sum("rows")
-        log.info("generate: %d scored samples committed in attempt %d", committed or 0, attempt)
+        log.info("generate: wave %d/%d (%s): %d scored samples committed in attempt %d", i + 1, len(waves),
+                 ", ".join(todo), committed or 0, attempt)
     gen_seconds = time.perf_counter() - t0
 
     resolved = resolve(prompts, scored_dir, n_per_model, cfg.keep_truncated)
@@ -209,6 +226,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                    "tokens_per_s": round(counts["tokens"] / gen_seconds, 1) if gen_seconds and not pairs_reused
                    else None},
         "win_shares": {m: (counts[f"win:{m}"] / selected if selected else 0.0) for m in names},
+        "waves": waves,
         "resume": {"attempt": attempt, "pairs_reused": pairs_reused, "pairs_generated": pairs_pending,
                    "pairs_incomplete": counts["reason:generate:incomplete_samples"]},
         "quarantine_reasons": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("reason:")},

@@ -1,4 +1,5 @@
-"""Per-prompt decisions of the generation stage, as Ray Data `map_groups` functions over `TAGGED` rows.
+"""Per-prompt decisions of the generation stage, as functions over the `TAGGED` rows of one prompt
+(`map_key_groups`).
 
 A group holds one prompt of the stage's input (a row without a model) and every committed sample of it. Before
 generation, `pending_pairs` says which sources still owe it samples; after, `resolve_prompt` keeps each pair's
@@ -27,21 +28,19 @@ one shuffle decides all three; each is written out with its own schema's columns
 _PROMPT_FIELDS = PROMPTS.names
 
 
-def _split(group: pa.Table) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    rows = group.to_pylist()
+def _split(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     prompt = next((r for r in rows if r["model"] is None), None)
     return prompt, [r for r in rows if r["model"] is not None]
 
 
-def pending_pairs(group: pa.Table, samples_per_model: dict[str, int]) -> pa.Table:
-    """The (prompt, source) pairs of one prompt that no attempt completed."""
-    prompt, committed = _split(group)
+def pending_pairs(rows: list[dict[str, Any]], samples_per_model: dict[str, int]) -> list[dict[str, Any]]:
+    """The (prompt, source) pairs of one prompt that no attempt completed, as `PENDING` rows."""
+    prompt, committed = _split(rows)
     if prompt is None:
-        return PENDING.empty_table()
+        return []
     done = complete_attempts(committed, samples_per_model)
     head = {k: prompt[k] for k in _PROMPT_FIELDS}
-    return pa.Table.from_pylist([{**head, "model": m} for m in samples_per_model if done.get(m) is None],
-                                schema=PENDING)
+    return [{**head, "model": m} for m in samples_per_model if done.get(m) is None]
 
 
 def _quarantine(stage: str, prompt_id: str, reason: str, model: str | None = None,
@@ -50,17 +49,18 @@ def _quarantine(stage: str, prompt_id: str, reason: str, model: str | None = Non
             "reason": reason, "raw": raw}
 
 
-def resolve_prompt(group: pa.Table, samples_per_model: dict[str, int], keep_truncated: bool = False) -> pa.Table:
-    """One prompt's kept samples, its selection and its quarantine rows, as `RESOLVED` rows.
+def resolve_prompt(rows: list[dict[str, Any]], samples_per_model: dict[str, int], keep_truncated: bool = False
+                   ) -> list[dict[str, Any]]:
+    """One prompt's kept samples, its selection and its quarantine rows, as `RESOLVED` rows (`kind` set).
 
     Set aside: samples that carry an error (quarantined by the model or the scorer), pairs no attempt completed,
     samples cut at `max_tokens` (unless `keep_truncated`; they stay in `samples/`), and a prompt left with no
     candidate at all. Committed rows of a prompt outside the input are ignored (`scored/` is cleared whenever
     the input changes, so there are none).
     """
-    prompt, committed = _split(group)
+    prompt, committed = _split(rows)
     if prompt is None:
-        return RESOLVED.empty_table()
+        return []
     pid = prompt["prompt_id"]
     chosen = complete_attempts(committed, samples_per_model)
     out: list[dict[str, Any]] = []
@@ -84,7 +84,7 @@ def resolve_prompt(group: pa.Table, samples_per_model: dict[str, int], keep_trun
                                + ("" if keep_truncated else " or was truncated")))
     else:
         out.append({**chosen_row, "kind": SELECTION})
-    return pa.Table.from_pylist(out, schema=RESOLVED)
+    return out
 
 
 def rows_of_kind(batch: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
