@@ -36,7 +36,7 @@ def write_prompts(path: Path, rows: int) -> dict[str, int]:
     with open(path, "w") as f:
         for i in range(rows):
             if i % 50 == 7:
-                f.write('{"prompt_id": "broken-%d", "prompt": \n' % i)
+                f.write(f'{{"prompt_id": "broken-{i}", "prompt": \n')
                 bad["invalid_json"] += 1
             elif i % 100 == 11:
                 f.write(json.dumps({"prompt_id": f"empty-{i}", "prompt": " "}) + "\n")
