@@ -35,6 +35,7 @@ from wrpo_ray.generate.resolve import (
     resolve_prompt,
     rows_of_kind,
 )
+from wrpo_ray.generate.retries import count_retries
 from wrpo_ray.generate.reward import RewardModelScorer, VerifierScorer
 from wrpo_ray.generate.select import CUT_AT_MAX_TOKENS
 from wrpo_ray.generate.waves import plan_waves
@@ -160,6 +161,15 @@ def tally(*datasets: Any) -> Counter[str]:
     return total
 
 
+def _retries() -> dict[str, Any]:
+    """What Ray retried in this job (lost actors, lost tasks); the stage's outputs do not depend on it."""
+    try:
+        return count_retries()
+    except Exception as e:  # the state API needs the dashboard, which a cluster may run without
+        log.warning("retry counts unavailable: %s", e)
+        return {"unavailable": str(e)[:200]}
+
+
 def run_generate(cfg: GenerateConfig) -> GenerateResult:
     """Run the generation stage and persist `samples/`, `selections/`, `quarantine/` and `summary.json`.
 
@@ -227,6 +237,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                    else None},
         "win_shares": {m: (counts[f"win:{m}"] / selected if selected else 0.0) for m in names},
         "waves": waves,
+        "retries": _retries(),
         "resume": {"attempt": attempt, "pairs_reused": pairs_reused, "pairs_generated": pairs_pending,
                    "pairs_incomplete": counts["reason:generate:incomplete_samples"]},
         "quarantine_reasons": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("reason:")},
@@ -234,6 +245,13 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     }
     write_json(summary, out / "summary.json")
     return GenerateResult(output_dir=out, summary=summary)
+
+
+def _retries_line(retries: dict[str, Any]) -> str:
+    if "unavailable" in retries or not retries:
+        return "retried   (unknown: Ray's state API unavailable)"
+    return ("retried   {actor_restarts} actor restarts ({actor_restarts_preempted} after a preemption), "
+            "{task_retries} task retries").format(**retries)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -249,6 +267,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"tokens    {t['generated']} in all; this attempt took {t['seconds']} s",
         "resumed   {pairs_reused} (prompt, model) pairs reused, {pairs_generated} generated".format(**r)
         if r["pairs_reused"] else "resumed   no (fresh start)",
+        _retries_line(summary.get("retries", {})),
         "",
         f"{'source model':<24}{'samples':>10}{'win share':>12}",
     ]
