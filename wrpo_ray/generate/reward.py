@@ -43,14 +43,15 @@ class RewardModelScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from wrpo_ray.runtime import resolve_dtype
+        from wrpo_ray.runtime import local_device, resolve_dtype
 
         torch.set_num_threads(1)
         trc = model.get("trust_remote_code", False)
+        self.device = local_device()
         self.tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trc)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            local_path, dtype=resolve_dtype(model.get("dtype", "auto"), torch.device("cpu")), trust_remote_code=trc
-        ).eval()
+            local_path, dtype=resolve_dtype(model.get("dtype", "auto"), self.device), trust_remote_code=trc
+        ).to(self.device).eval()
         if self.model.config.num_labels != 1 and not trc:
             raise ValueError(f"reward model {local_path} has {self.model.config.num_labels} labels; expected 1")
         self.chat_template = model.get("chat_template")
@@ -87,7 +88,8 @@ class RewardModelScorer:
             self.model.config.get_text_config().pad_token_id = pad_id
             with torch.inference_mode():
                 input_ids, attention_mask = pad_sequences(ids, pad_id)
-                logits = self._scores(self.model(input_ids=input_ids, attention_mask=attention_mask)).float().tolist()
+                output = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+                logits = self._scores(output).float().tolist()
             for i, v in zip(todo, logits, strict=True):
                 if math.isfinite(v):
                     rewards[i] = v
