@@ -2,8 +2,9 @@
 
 Ray Data restarts a pool's actor that died with its node (`max_restarts=-1`) and retries the tasks that
 were running there or whose outputs were lost with it; the stage's summary reports how often, so a run
-that survived a lost spot node says so. Each attempt of a task is its own row in the state API; an actor
-restart is a new attempt of its creation task, counted as a restart rather than as a task retry.
+that survived a lost spot node says so. Restarts are read from the actor table; each attempt of a task is
+its own row in the task table, so every row past attempt 0 is a retry (actor creation tasks left out, so
+a restart is counted once).
 """
 
 from __future__ import annotations
