@@ -129,12 +129,13 @@ def cluster() -> Iterator[SpotCluster]:
     ray.shutdown()
     temp = Path("/tmp") / f"wrpo-spot-{uuid.uuid4().hex[:12]}"  # short: Ray's socket paths must fit 107 bytes
     dash = free_port()
+    c = None
     with _auth_token_mode(), _address_file_kept() as restore_address_file:
-        c = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "object_store_memory": OBJECT_STORE, "temp_dir": str(temp), "include_dashboard": True,
-            "dashboard_host": "127.0.0.1", "dashboard_port": dash, "_system_config": HEALTH_CHECKS})
-        restore_address_file()
         try:
+            c = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "object_store_memory": OBJECT_STORE, "temp_dir": str(temp), "include_dashboard": True,
+                "dashboard_host": "127.0.0.1", "dashboard_port": dash, "_system_config": HEALTH_CHECKS})
+            restore_address_file()
             spot = SpotCluster(c, f"http://127.0.0.1:{dash}")
             for _ in range(2):
                 spot.add_spot_node()
@@ -142,8 +143,9 @@ def cluster() -> Iterator[SpotCluster]:
             yield spot
         finally:
             ray.shutdown()
-            c.shutdown()
-            stop_head(temp)
+            if c is not None:
+                c.shutdown()
+            stop_head(temp)  # whatever a failed start left behind
             shutil.rmtree(temp, ignore_errors=True)
 
 
