@@ -68,12 +68,10 @@ def trivial_samples(batch, n: int):
 def child(prompts: str, out: str) -> dict:
     import time
 
-    from wrpo_ray.data.io import write_dataset
     from wrpo_ray.data.prompt_source import read_prompts
-    from wrpo_ray.data.schemas import QUARANTINE, SCORED, SELECTIONS
     from wrpo_ray.generate.commit import commit_batch, start_attempt
-    from wrpo_ray.generate.pipeline import pending_by_source, resolve, tally
-    from wrpo_ray.generate.resolve import QUARANTINED, SAMPLE, SELECTION, rows_of_kind
+    from wrpo_ray.generate.pipeline import pending_by_source, resolve, write_outputs
+    from wrpo_ray.generate.resolve import SAMPLE, SELECTION
     from wrpo_ray.runtime import ensure_ray
 
     ensure_ray()
@@ -99,15 +97,7 @@ def child(prompts: str, out: str) -> dict:
     seconds["resume_scan"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    resolved = resolve(checked, scored, per_model, keep_truncated=False)
-    write_dataset(resolved.map_batches(rows_of_kind, fn_kwargs={"kind": SAMPLE, "schema": SCORED},
-                                       batch_format="pyarrow"), root / "samples", schema=SCORED)
-    write_dataset(resolved.map_batches(rows_of_kind, fn_kwargs={"kind": SELECTION, "schema": SELECTIONS},
-                                       batch_format="pyarrow"), root / "selections", schema=SELECTIONS)
-    aside = resolved.map_batches(rows_of_kind, fn_kwargs={"kind": QUARANTINED, "schema": QUARANTINE},
-                                 batch_format="pyarrow")
-    write_dataset(checked.quarantine.union(aside), root / "quarantine", schema=QUARANTINE)
-    counts = tally(resolved, checked.quarantine)
+    counts = write_outputs(resolve(checked, scored, per_model, keep_truncated=False), checked, root)
     seconds["resolve_select_write"] = time.perf_counter() - t
 
     hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()

@@ -45,3 +45,11 @@ def map_key_groups(ds: Any, key: str, fn: GroupFn, schema: pa.Schema, *, num_par
 def group_partitions(rows: int, rows_per_partition: int = 50_000) -> int:
     """Shuffle partitions for a per-prompt grouping: Ray Data's default of 200 costs a small run 15 s."""
     return max(1, min(200, -(-rows // rows_per_partition)))
+
+
+def rows_where(batch: pa.Table, column: str, value: str, schema: pa.Schema) -> pa.Table:
+    """Ray Data map: the rows whose `column` equals `value`, with `schema`'s columns (one output of a grouping
+    that tags its rows by kind, or one source's share of the pending pairs)."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.equal(batch[column], value)).select(schema.names).cast(schema)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data.datasource import BlockBasedFileDatasink
 
-from wrpo_ray.data.groups import group_partitions, map_key_groups
+from wrpo_ray.data.groups import group_partitions, map_key_groups, rows_where
 from wrpo_ray.data.io import atomic_dir
 from wrpo_ray.data.schemas import PREFERENCE, QUARANTINE, SELECTIONS
 from wrpo_ray.train.preference_data import in_sft_split
@@ -89,10 +89,6 @@ def quadruple_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [out]
 
 
-def _of_kind(batch: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
-    return batch.filter(pc.equal(batch["kind"], kind)).select(schema.names).cast(schema)
-
-
 def _ws_above_wt(batch: pa.Table) -> pa.Table:
     return pa.table({"n": [int(pc.sum(pc.greater(batch["reward_ws"], batch["reward_wt"])).as_py() or 0)]})
 
@@ -111,9 +107,9 @@ def build_quadruples(sources: Path, target: Path, out: Path) -> dict[str, Any]:
     target_rows = tgt.count()
     joined = map_key_groups(src.union(tgt), "prompt_id", quadruple_of, QUADRUPLE_OR_ASIDE,
                             num_partitions=group_partitions(target_rows)).materialize()
-    quads = joined.map_batches(_of_kind, fn_kwargs={"kind": "quadruple", "schema": PREFERENCE},
+    quads = joined.map_batches(rows_where, fn_kwargs={"column": "kind", "value": "quadruple", "schema": PREFERENCE},
                                batch_format="pyarrow").materialize()
-    aside = joined.map_batches(_of_kind, fn_kwargs={"kind": "quarantine", "schema": QUARANTINE},
+    aside = joined.map_batches(rows_where, fn_kwargs={"column": "kind", "value": "quarantine", "schema": QUARANTINE},
                                batch_format="pyarrow")
     n = quads.count()
     write_dataset(quads.sort("prompt_id") if n else quads, out / "data", schema=PREFERENCE)

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from wrpo_ray.config import GenerateConfig, resolve_model_path
-from wrpo_ray.data.groups import group_partitions, map_key_groups
+from wrpo_ray.data.groups import group_partitions, map_key_groups, rows_where
 from wrpo_ray.data.io import fingerprint, write_dataset, write_json
 from wrpo_ray.data.prompt_source import CheckedPrompts, input_identity, read_prompts
 from wrpo_ray.data.prompts import InputError
@@ -33,7 +33,6 @@ from wrpo_ray.generate.resolve import (
     SELECTION,
     pending_pairs,
     resolve_prompt,
-    rows_of_kind,
 )
 from wrpo_ray.generate.retries import count_retries
 from wrpo_ray.generate.reward import RewardModelScorer, VerifierScorer
@@ -108,14 +107,9 @@ def pending_by_source(prompts: CheckedPrompts, scored_dir: Path, samples_per_mod
     pending = map_key_groups(tagged, "prompt_id", pending_pairs, PENDING, num_partitions=group_partitions(
         prompts.rows_valid), fn_kwargs={"samples_per_model": samples_per_model}).materialize()
     per_model = {r["model"]: r["count()"] for r in pending.groupby("model").count().take_all()}
-    return ({name: pending.map_batches(_of_model, fn_kwargs={"model": name}, batch_format="pyarrow")
+    return ({name: pending.map_batches(rows_where, fn_kwargs={"column": "model", "value": name, "schema": PROMPTS},
+                                       batch_format="pyarrow")
              for name in samples_per_model if per_model.get(name)}, sum(per_model.values()))
-
-
-def _of_model(batch: pa.Table, model: str) -> pa.Table:
-    import pyarrow.compute as pc
-
-    return batch.filter(pc.equal(batch["model"], model)).select(PROMPTS.names)
 
 
 def resolve(prompts: CheckedPrompts, scored_dir: Path, samples_per_model: dict[str, int], keep_truncated: bool
@@ -159,6 +153,19 @@ def tally(*datasets: Any) -> Counter[str]:
         for row in ds.map_batches(_tally, batch_format="pyarrow").iter_rows():
             total.update(json.loads(row["counts"]))
     return total
+
+
+def write_outputs(resolved: Any, prompts: CheckedPrompts, out: Path) -> Counter[str]:
+    """Write `samples/`, `selections/` and `quarantine/` (the input's and the resolution's) from the `RESOLVED`
+    rows; return their counts."""
+    def of_kind(kind: str, schema: pa.Schema) -> Any:
+        return resolved.map_batches(rows_where, fn_kwargs={"column": "kind", "value": kind, "schema": schema},
+                                    batch_format="pyarrow")
+
+    write_dataset(of_kind(SAMPLE, SCORED), out / "samples", schema=SCORED)
+    write_dataset(of_kind(SELECTION, SELECTIONS), out / "selections", schema=SELECTIONS)
+    write_dataset(prompts.quarantine.union(of_kind(QUARANTINED, QUARANTINE)), out / "quarantine", schema=QUARANTINE)
+    return tally(resolved, prompts.quarantine)
 
 
 def _retries() -> dict[str, Any]:
@@ -209,16 +216,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                  ", ".join(todo), committed or 0, attempt)
     gen_seconds = time.perf_counter() - t0
 
-    resolved = resolve(prompts, scored_dir, n_per_model, cfg.keep_truncated)
-    write_dataset(resolved.map_batches(rows_of_kind, fn_kwargs={"kind": SAMPLE, "schema": SCORED},
-                                       batch_format="pyarrow"), out / "samples", schema=SCORED)
-    write_dataset(resolved.map_batches(rows_of_kind, fn_kwargs={"kind": SELECTION, "schema": SELECTIONS},
-                                       batch_format="pyarrow"), out / "selections", schema=SELECTIONS)
-    aside = resolved.map_batches(rows_of_kind, fn_kwargs={"kind": QUARANTINED, "schema": QUARANTINE},
-                                 batch_format="pyarrow")
-    write_dataset(prompts.quarantine.union(aside), out / "quarantine", schema=QUARANTINE)
-
-    counts = tally(resolved, prompts.quarantine)
+    counts = write_outputs(resolve(prompts, scored_dir, n_per_model, cfg.keep_truncated), prompts, out)
     names = [s.name for s in cfg.sources]
     selected = counts[SELECTION]
     summary = {

@@ -85,10 +85,3 @@ def resolve_prompt(rows: list[dict[str, Any]], samples_per_model: dict[str, int]
     else:
         out.append({**chosen_row, "kind": SELECTION})
     return out
-
-
-def rows_of_kind(batch: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
-    """Ray Data map: the rows of one `kind`, with `schema`'s columns."""
-    import pyarrow.compute as pc
-
-    return batch.filter(pc.equal(batch["kind"], kind)).select(schema.names).cast(schema)
