@@ -86,9 +86,7 @@ def _line_blocks(f: Any, path: str) -> Iterator[pa.Table]:
 
 def open_input(path: str) -> Any:
     """An input file opened as `read_blocks` wants it, outside Ray Data."""
-    from pyarrow.fs import FileSystem
-
-    fs, p = FileSystem.from_uri(path if "://" in path else "file://" + _absolute(path))
+    fs, p = _filesystem(path)
     return fs.open_input_file(p) if path.endswith(PARQUET_SUFFIXES) else fs.open_input_stream(p)
 
 
@@ -111,12 +109,9 @@ def _suffix_ok(path: str) -> bool:
 def input_files(path: str, split: str = "train") -> list[str]:
     """The files of a prompt input: a file, a directory of JSONL/Parquet files, or a `datasets` directory
     (`save_to_disk` of one Dataset, or of a DatasetDict and its split `split`). Local paths and URIs."""
-    from pyarrow.fs import FileSelector, FileSystem, FileType
+    from pyarrow.fs import FileSelector, FileType
 
-    try:
-        fs, root = FileSystem.from_uri(path)
-    except (pa.ArrowInvalid, ValueError):
-        fs, root = FileSystem.from_uri("file://" + _absolute(path))
+    fs, root = _filesystem(path)
     info = fs.get_file_info(root)
     if info.type == FileType.NotFound:
         raise InputError(f"prompt input {path} does not exist")
@@ -148,20 +143,21 @@ def input_files(path: str, split: str = "train") -> list[str]:
 
 def input_identity(files: list[str]) -> list[tuple[str, int, int]]:
     """(path, size, mtime) of every input file: what decides whether saved work for this input is reused."""
-    from pyarrow.fs import FileSystem
-
     out = []
     for path in files:
-        fs, p = FileSystem.from_uri(path if "://" in path else "file://" + _absolute(path))
+        fs, p = _filesystem(path)
         info = fs.get_file_info(p)
         out.append((path, int(info.size or 0), int(info.mtime_ns or 0)))
     return out
 
 
-def _absolute(path: str) -> str:
+def _filesystem(path: str) -> tuple[Any, str]:
+    """The pyarrow filesystem of a URI or a local path, and the path within it."""
     import os
 
-    return os.path.abspath(path)
+    from pyarrow.fs import FileSystem
+
+    return FileSystem.from_uri(path if "://" in path else "file://" + os.path.abspath(path))
 
 
 def _read_text(fs: Any, path: str) -> str:
