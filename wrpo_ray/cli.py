@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
+import signal
 import sys
+import time
 from collections.abc import Iterator
 
 from wrpo_ray.config import (
@@ -16,6 +19,16 @@ from wrpo_ray.config import (
     standalone_eval_errors,
 )
 from wrpo_ray.data.prompts import InputError
+from wrpo_ray.runtime import Stopped
+
+# What a second run of the same command does with what a stopped one left (every stage writes under its output dir).
+ON_RERUN = {
+    "generate": "resumes: committed batches are reused, only missing (prompt, source) pairs are generated",
+    "sft": "resumes from the latest checkpoint",
+    "train": "resumes from the latest checkpoint (reference log-probs are computed again)",
+    "run": "skips the stages already complete and resumes the one that was stopped",
+    "eval": "evaluates again from the start (answers are not kept until every model is judged)",
+}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -24,12 +37,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set generate.output_dir=/tmp/out (repeatable)")
 
 
+_output_dir: str | None = None
+
+
 @contextlib.contextmanager
 def _run_logs(output_dir: str | None) -> Iterator[None]:
     """Full logs of the command under `<output_dir>/logs/`, and where they are, said at the end."""
     from wrpo_ray.console import link_ray_logs, log_to_file
     from wrpo_ray.runtime import session_dir
 
+    global _output_dir
+    _output_dir = output_dir
     logs = log_to_file(output_dir) if output_dir else None
     try:
         yield
@@ -200,17 +218,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stopped(command: str, argv: list[str], reason: BaseException, seconds: float) -> int:
+    """Ctrl-C or a stop signal: leave Ray (a local instance goes with everything it started), say what was kept
+    and how to resume; exit 128 + the signal's number, as a shell reports a process its signal ended."""
+    from wrpo_ray.runtime import disconnect
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal while leaving ends the driver at once
+        signal.signal(sig, signal.SIG_DFL)
+    signum = reason.signum if isinstance(reason, Stopped) else signal.SIGINT
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    t0 = time.monotonic()
+    disconnect()
+    kept = f"work committed so far is kept under {_output_dir}" if _output_dir else "nothing was written"
+    print(f"\nstopped by {name} after {seconds:.0f} s (Ray left in {time.monotonic() - t0:.1f} s); {kept}.\n"
+          f"The same command {ON_RERUN.get(command, 'runs it again')}:\n  wrpo-ray {shlex.join(argv)}",
+          file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     from wrpo_ray.console import setup_console
 
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     setup_console(args.verbose)
+    started = time.monotonic()
     try:
         return args.func(args)
     except (ConfigError, InputError) as e:
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Stopped) as e:
+        return stopped(args.command, argv, e, time.monotonic() - started)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ class ModelConfig(_Strict):
     chat_template: str | None = None
     trust_remote_code: bool = False
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    engine_in_actor: bool = True
+    """vLLM's engine core runs inside the pool's Ray actor, with no process of its own (generate/engines.py)."""
     pool: PoolConfig = Field(default_factory=PoolConfig)
 
     @field_validator("path")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wrpo_ray.runtime import RAY_NODE_ENV
+
 SPOT = "wrpo_spot"
 """Custom resource of the spot generation nodes: a pool with `resources: {wrpo_spot: 1}` runs only there."""
 TRAIN = "wrpo_train"
@@ -95,7 +97,8 @@ SETUP_COMMANDS = [
 ]
 IMAGE = "wrpo-ray:gpu"
 """The KubeRay pods' image, built from cluster/kuberay/Dockerfile (the project and its GPU extra installed)."""
-AUTH_ENV = "export RAY_AUTH_MODE=token"
+NODE_ENV = "export " + " ".join(f"{k}={v}" for k, v in {"RAY_AUTH_MODE": "token", **RAY_NODE_ENV}.items())
+"""Every node's `ray start` environment: token auth, and per-worker process groups (runtime.RAY_NODE_ENV)."""
 
 
 def launcher_config() -> dict[str, Any]:
@@ -132,12 +135,12 @@ def launcher_config() -> dict[str, Any]:
         "worker_setup_commands": [],
         "head_start_ray_commands": [
             "ray stop",
-            f"{AUTH_ENV}; ray get-auth-token --generate >/dev/null; ulimit -n 65536; ray start --head --port=6379 "
+            f"{NODE_ENV}; ray get-auth-token --generate >/dev/null; ulimit -n 65536; ray start --head --port=6379 "
             "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=127.0.0.1 --num-cpus=0",
         ],
         "worker_start_ray_commands": [
             "ray stop",
-            f"{AUTH_ENV}; ulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379",
+            f"{NODE_ENV}; ulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379",
         ],
     }
 
@@ -152,6 +155,7 @@ def _container(t: NodeType, command: str | None = None) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "ray", "image": IMAGE,
         "resources": {"limits": limits, "requests": limits},
+        "env": [{"name": k, "value": v} for k, v in RAY_NODE_ENV.items()],
         "volumeMounts": [{"name": "shared", "mountPath": "/mnt/shared"}],
     }
     if command:

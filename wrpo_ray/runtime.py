@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from typing import Any
 
 WORKER_ENV = {
@@ -11,7 +13,38 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+# Ray's own cleanup of what a worker leaves: each worker runs in its own process group, which the raylet kills
+# when the worker ends, however it ends (a vLLM engine's processes, a dataloader's, a compile pool's). Set for
+# the local instance a driver starts here, and by the cluster configs (placement.py) for every node.
+RAY_NODE_ENV = {"RAY_process_group_cleanup_enabled": "1"}
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
 _session_dir: str | None = None
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM from a process manager or `ray job stop`, SIGHUP): unwinds like Ctrl-C does,
+    so every stage's cleanup runs and the command says how to resume."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def unwind_on_stop_signals() -> None:
+    """SIGTERM and SIGHUP raise `Stopped` in the main thread.
+
+    Replaces the handler `ray.init` installs, which (for a local instance) kills the instance and exits 1 from
+    inside whatever the driver was doing, so no `finally` of ours runs and nothing says what was kept.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _raise_stopped)
 
 
 def ensure_ray() -> str | None:
@@ -25,14 +58,29 @@ def ensure_ray() -> str | None:
         return _session_dir
     taken = _job_env_vars()
     env = {k: v for k, v in {**WORKER_ENV, **worker_env()}.items() if v and k not in taken}
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:  # ray.init starts a local instance, whose raylet reads its settings from this environment
+        for key, value in RAY_NODE_ENV.items():
+            os.environ.setdefault(key, value)
     context = ray.init(
-        address=os.environ.get("RAY_ADDRESS"),
+        address=address,
         runtime_env={"env_vars": env} if env else None,
         log_to_driver=verbose(),  # otherwise every worker's output stays in the session's log files
     )
     _session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")  # none under Ray Client
     quiet_ray_data()
+    unwind_on_stop_signals()
     return _session_dir
+
+
+def disconnect() -> None:
+    """Leave Ray: a local instance this process started is stopped with every process it holds; on a cluster the
+    job's actors end with the driver's connection (none of ours is detached; Ray Data's cluster-wide
+    singletons, which reserve nothing, stay for the next job)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _job_env_vars() -> set[str]:

@@ -8,10 +8,14 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
+from tests.integration.process_tree import MARK, census, marked, named, new_mark
 from tests.integration.ray_heads import BIN, free_port, ray_cli, stop_head
+from wrpo_ray.generate.commit import committed_files
+from wrpo_ray.runtime import RAY_NODE_ENV
 from wrpo_ray.toy.task import make_examples, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -30,12 +34,14 @@ def head(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     gen = ray_cli("get-auth-token", "--generate", env=env)
     assert gen.startswith("rc=0"), gen
-    start = ray_cli("start", "--head", f"--port={free_port()}", f"--dashboard-port={dash}",
+    port = free_port()
+    # started as cluster/ starts every node: with per-worker process groups
+    start = ray_cli("start", "--head", f"--port={port}", f"--dashboard-port={dash}",
                  "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
-                 env=env)
+                 env={**env, **RAY_NODE_ENV})
     try:
         assert start.startswith("rc=0"), start
-        yield f"http://127.0.0.1:{dash}", env
+        yield f"http://127.0.0.1:{dash}", {**env, "WRPO_TEST_GCS": f"127.0.0.1:{port}"}
     finally:
         stop_head(temp)
         shutil.rmtree(temp, ignore_errors=True)
@@ -117,3 +123,120 @@ def test_tiny_pipeline_job_succeeds(head, tmp_path):
     assert (out / "eval" / "reward_dynamics_Target-SFT-WRPO.png").stat().st_size > 0
     for name in stages:
         assert (out / name / "stage.json").is_file()
+
+
+RAY_DATA_SINGLETONS = ("_StatsActor", "_AutoscalingCoordinatorActor", "ActorLocationTracker")
+"""Ray Data's cluster-wide actors: detached, created by the first job that needs them (so they carry its
+runtime env), reused by every later one, reserving nothing. They are not the job's to end."""
+
+
+def _singletons(procs) -> dict[str, int]:
+    found = {}
+    for p in procs:
+        try:
+            title = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        for name in RAY_DATA_SINGLETONS:
+            if title.startswith(f"ray::{name}"):
+                found[name] = p.pid
+    return found
+
+
+def _submit(address: str, env: dict, mark: str, *command: str) -> str:
+    """Submits a job whose every process carries `mark` (its runtime env); returns the submission id."""
+    submit = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait",
+         "--runtime-env-json", json.dumps({"env_vars": {MARK: mark}}), "--", *command],
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    return next(line.split("'")[1] for line in submit.stdout.splitlines() if "submitted successfully" in line)
+
+
+def _wait_status(address: str, env: dict, job_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = ray_cli("job", "status", "--address", address, job_id, env=env).lower()
+        if any(s in status for s in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(2)
+    return status
+
+
+def _cpus_in_use(env: dict) -> float:
+    """CPUs held on the head, from `ray status` (its `used/total CPU` line)."""
+    import re
+
+    out = ray_cli("status", "--address", env["WRPO_TEST_GCS"], env=env)
+    m = re.search(r"([\d.]+)/([\d.]+) CPU", out)
+    assert m, out
+    return float(m.group(1))
+
+
+def _generate_config(tmp_path: Path) -> Path:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    rows = make_examples(2400, seed=21)
+    for i in range(8):  # a block per file: each commits on its own, so the stop finds work committed
+        write_jsonl(rows[i * 300:(i + 1) * 300], prompts / f"part-{i}.jsonl")
+    source = {"name": "llama-src", "path": "toy://llama", **_engine(2)}
+    source["sampling"] = {"n": 2, "temperature": 0.8, "max_tokens": 48}
+    source["pool"] = {"num_cpus": 0.5, "batch_size": 32}
+    config = tmp_path / "generate.yaml"
+    config.write_text(yaml.safe_dump({"generate": {
+        "output_dir": str(tmp_path / "out"), "data": {"prompts": str(prompts)}, "sources": [source],
+        "reward": {"verifier": "wrpo_ray.toy.task:verify"}, "keep_truncated": True}}))
+    return config
+
+
+def test_job_stop_frees_everything_and_resubmission_resumes(head, tmp_path):
+    """`ray job stop` mid-generation: the job's actors and engines end, the CPUs they held are free, committed
+    batches stay; the same job submitted again reuses them and generates only the rest."""
+    address, env = head
+    config = _generate_config(tmp_path)
+    command = ("python", "-m", "wrpo_ray.cli", "generate", "--config", str(config))
+    scored = tmp_path / "out" / "scored"
+    mark = new_mark()
+    job_id = _submit(address, env, mark, *command)
+    deadline = time.monotonic() + 300
+    while not (named(marked(mark), "VLLMGenerator") and committed_files(scored)):
+        assert time.monotonic() < deadline, ray_cli("job", "logs", "--address", address, job_id, env=env)[-4000:]
+        time.sleep(0.5)
+    before, kept = census(marked(mark)), len(committed_files(scored))
+    t0 = time.monotonic()
+    stop = ray_cli("job", "stop", "--address", address, job_id, env=env)
+    assert stop.startswith("rc=0"), stop
+    assert "stopped" in _wait_status(address, env, job_id, 60)
+    stopped_s = time.monotonic() - t0
+    singletons = _singletons(marked(mark))
+    left = [p for p in marked(mark) if p.pid not in singletons.values()]
+    while left and time.monotonic() - t0 < 30:
+        time.sleep(0.25)
+        left = [p for p in marked(mark) if p.pid not in singletons.values()]
+    gone_s = time.monotonic() - t0
+    print(f"\nSTOP ray job stop: job_stopped_s={stopped_s:.2f} all_gone_s={gone_s:.2f} "
+          f"before={json.dumps(before, sort_keys=True)} after={json.dumps(census(left), sort_keys=True)} "
+          f"ray_data_singletons={len(singletons)}")
+    assert not left, [" ".join(p.cmdline()) for p in left]
+    assert _cpus_in_use(env) == 0.0
+    logs = ray_cli("job", "logs", "--address", address, job_id, env=env)
+    assert "stopped by SIGTERM" in logs and "wrpo-ray generate --config" in logs, logs[-3000:]
+    assert len(committed_files(scored)) >= kept
+
+    mark = new_mark()
+    job_id = _submit(address, env, mark, *command)
+    status = _wait_status(address, env, job_id, 600)
+    logs = ray_cli("job", "logs", "--address", address, job_id, env=env)
+    assert "succeeded" in status, logs[-4000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    resume = summary["resume"]
+    assert resume["attempt"] == 1 and resume["pairs_reused"] >= kept * 300
+    assert resume["pairs_reused"] + resume["pairs_generated"] == 2400
+    assert summary["prompts"]["out"] == 2400
+    deadline = time.monotonic() + 30
+    while marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not marked(mark), census(marked(mark))
+    # the second job used the singletons the first one created, and made none of its own
+    assert _singletons(psutil.process_iter()) == singletons

@@ -7,6 +7,7 @@ this model's context) that become quarantine rows instead of failing the batch.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -35,14 +36,36 @@ def prompt_token_ids(
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]), None
 
 
+def engine_settings(model: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The environment and `LLM` keyword arguments that decide which processes a vLLM engine starts.
+
+    With `engine_in_actor` (the default) the engine core runs inside the pool's Ray actor and a one-GPU engine
+    executes there too (`uni`, ray.data.llm's choice): the actor is the engine's only process, so whatever ends
+    the actor (pool teardown, `ray job stop`, a lost driver, a SIGKILL) ends the engine, and nothing holds a
+    GPU after it. It also starts in a few seconds instead of spawning and handshaking with two processes.
+    With it off, vLLM's own layout (an `EngineCore` process and executor workers) runs as the actor's
+    children; Ray's per-worker process groups (`runtime.RAY_NODE_ENV`) end them with the actor.
+    Tensor- or pipeline-parallel engines keep vLLM's multiprocessing executor, whose workers exit when the
+    process holding their death pipe (the actor) ends.
+    """
+    engine_kwargs = dict(model.get("engine_kwargs", {}))
+    in_actor = model.get("engine_in_actor", True)
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_actor else "1"}
+    parallel = engine_kwargs.get("tensor_parallel_size", 1) * engine_kwargs.get("pipeline_parallel_size", 1)
+    if in_actor and parallel == 1:
+        engine_kwargs.setdefault("distributed_executor_backend", "uni")
+    return env, engine_kwargs
+
+
 class VLLMGenerator:
     """Generates `sampling.n` responses per prompt with one vLLM engine."""
 
     def __init__(self, model: dict[str, Any], local_path: str, seed: int) -> None:
+        env, engine_kwargs = engine_settings(model)
+        os.environ.update(env)  # this actor's own process: vLLM reads it when the engine starts
         from vllm import LLM, SamplingParams
 
         self.name = model["name"]
-        engine_kwargs = dict(model.get("engine_kwargs", {}))
         self.llm = LLM(
             model=local_path,
             tokenizer=local_path,
@@ -58,7 +81,6 @@ class VLLMGenerator:
             n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"]
         )
         self.max_prompt_tokens = self.llm.llm_engine.model_config.max_model_len - s["max_tokens"]
-
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm.inputs import TokensPrompt
