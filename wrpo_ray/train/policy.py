@@ -14,6 +14,7 @@ from torch import nn
 from wrpo_ray.kernels import linear_logprobs
 from wrpo_ray.runtime import use_cpu_accelerator_if_no_gpu
 from wrpo_ray.train.batching import IGNORE_INDEX, per_token_targets
+from wrpo_ray.train.packing import PackedBatch, attention_masks
 
 
 def load_causal_lm(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
@@ -51,3 +52,14 @@ class SequenceLogprobs(nn.Module):
         out = linear_logprobs(hidden, head.weight, targets, bias=head.bias, softcap=self.softcap,
                               ignore_index=IGNORE_INDEX, seq_ids=seq_ids, num_seqs=labels.shape[0])
         return out.sequence, (targets != IGNORE_INDEX).sum(dim=1)
+
+    def forward_packed(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same as `forward` for the sequences of a prefix-shared packed row (`train/packing.py`)."""
+        masks = attention_masks(self.lm.config, batch, self.lm.dtype)
+        hidden = self.backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                               attention_mask=masks).last_hidden_state[0]
+        head = self.lm.get_output_embeddings()
+        out = linear_logprobs(hidden.index_select(0, batch.predictors), head.weight, batch.targets,
+                              bias=head.bias, softcap=self.softcap, ignore_index=IGNORE_INDEX,
+                              seq_ids=batch.seq_ids, num_seqs=batch.num_seqs)
+        return out.sequence, torch.bincount(batch.seq_ids, minlength=batch.num_seqs)
