@@ -64,6 +64,21 @@ def trained(data_file, tmp_path_factory):
     return out, first, second, straight
 
 
+@pytest.fixture(scope="module")
+def layouts(data_file, tmp_path_factory, trained):
+    """The uninterrupted WRPO run again with padded, unshared batches, and a DPO run in each layout."""
+    from wrpo_ray.train.run import run_training
+
+    runs = {("wrpo", "shared_prefix"): trained[3]}
+    for objective, packing, epochs in [("wrpo", "padded", EPOCHS), ("dpo", "shared_prefix", 1), ("dpo", "padded", 1)]:
+        out = tmp_path_factory.mktemp(f"{objective}-{packing}")
+        wrpo = {"inner": "dpo", "alpha": ALPHA} if objective == "wrpo" else {}
+        loss = {"objective": objective, "beta": 0.5, **wrpo}
+        run_training(_cfg(data_file, out, epochs=epochs, save_steps=None, packing=packing, loss=loss), "preference")
+        runs[(objective, packing)] = out
+    return runs
+
+
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -129,7 +144,7 @@ def test_training_lowers_the_loss_on_its_data(trained):
     def logps(path):
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         with torch.no_grad():
-            lp, n = SequenceLogprobs(lm).eval()(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            lp, n = SequenceLogprobs(lm).eval()(batch)
         return lp.view(-1, 3), n.view(-1, 3).float()
 
     ref, lengths = logps(str(toy_model_path("target")))
@@ -156,3 +171,14 @@ def test_saved_model_loads_and_generates_with_vllm(trained):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert "GENERATED" in proc.stdout, proc.stderr[-3000:]
     assert int(proc.stdout.split("GENERATED")[1].split()[0]) >= 1
+
+
+@pytest.mark.parametrize("objective", ["wrpo", "dpo"])
+def test_prefix_shared_packing_trains_like_padded_batches(layouts, objective):
+    """The default layout (each example's prompt once, no padding) and padded unshared batches: the same
+    losses and rewards at every step, reference stage included."""
+    packed, padded = _metrics(layouts[(objective, "shared_prefix")]), _metrics(layouts[(objective, "padded")])
+    assert [m["step"] for m in packed] == [m["step"] for m in padded] and len(packed) >= STEPS_PER_EPOCH
+    for a, b in zip(packed, padded, strict=True):
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/ref_abs_diff"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)

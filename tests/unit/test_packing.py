@@ -28,11 +28,11 @@ def _example(rng: random.Random, vocab: int, prompt_len: int, response_lens: lis
 def test_layout_shares_the_prefix_once_and_restarts_positions():
     ex = {"input_ids": [[5, 6, 7, 8], [5, 6, 9]], "labels": [[-100, -100, 7, 8], [-100, -100, 9]],
           "num_response_tokens": [2, 1]}
-    b = pack([ex, ex])
+    b = pack([ex, ex], row_tokens=10)
     assert b.input_ids.tolist() == [[5, 6, 7, 8, 9, 5, 6, 7, 8, 9]]
     assert b.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1, 2, 3, 2]]
-    assert b.segment.tolist() == [0, 0, 1, 1, 2, 0, 0, 1, 1, 2]
-    assert b.document.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert b.segment.tolist() == [[0, 0, 1, 1, 2, 0, 0, 1, 1, 2]]
+    assert b.document.tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 1, 1]]
     # token 7 and token 9 are both predicted from the prefix's last position (index 1), 8 from 7's
     assert b.predictors.tolist() == [1, 2, 1, 6, 7, 6]
     assert b.targets.tolist() == [7, 8, 9, 7, 8, 9]
@@ -40,15 +40,32 @@ def test_layout_shares_the_prefix_once_and_restarts_positions():
     assert b.num_seqs == 4
 
 
+def test_rows_hold_whole_examples_longest_first_padded_at_the_end():
+    def ex(prompt, *responses):
+        return {"input_ids": [prompt + r for r in responses],
+                "labels": [[-100] * len(prompt) + r for r in responses],
+                "num_response_tokens": [len(r) for r in responses]}
+
+    examples = [ex([1], [2], [3]), ex([4, 4, 4, 4], [5, 5], [6]), ex([7, 7], [8], [9])]  # runs of 3, 7, 4
+    b = pack(examples, pad_id=0)  # rows of up to 7 tokens: [ex1], [ex2, ex0]
+    assert b.input_ids.tolist() == [[4, 4, 4, 4, 5, 5, 6], [7, 7, 8, 9, 1, 2, 3]]
+    assert b.document.tolist() == [[1] * 7, [2, 2, 2, 2, 0, 0, 0]]
+    b = pack(examples[:2] + [ex([7], [8], [9])], pad_id=0)  # runs of 3, 7, 3: [ex1], [ex0, ex2, pad]
+    assert b.input_ids.tolist() == [[4, 4, 4, 4, 5, 5, 6], [1, 2, 3, 7, 8, 9, 0]]
+    assert b.document[1].tolist() == [0, 0, 0, 2, 2, 2, -1]
+    assert b.seq_ids.tolist() == [2, 2, 3, 0, 1, 4, 5]  # example-major, whatever the row
+    assert b.tokens == 14
+
+
 def test_mask_sees_prefix_and_own_response_only():
     ex = {"input_ids": [[1, 2, 3], [1, 2, 4, 5]], "labels": [[-100, -100, 3], [-100, -100, 4, 5]],
           "num_response_tokens": [1, 2]}
-    ok = allowed(pack([ex, ex]))
+    ok = allowed(pack([ex, ex], row_tokens=10))[0]
     # first example: prefix 0,1; response 1: 2; response 2: 3,4
     assert ok[2, :5].tolist() == [True, True, True, False, False]
     assert ok[4, :5].tolist() == [True, True, False, True, True]
     assert not ok[5:, :5].any() and not ok[:5, 5:].any()  # examples never see each other
-    window = allowed(pack([ex]), sliding_window=2)
+    window = allowed(pack([ex]), sliding_window=2)[0]
     assert window[4].tolist() == [False, False, False, True, True]  # position 3 sees positions 2 and 3
 
 
@@ -91,24 +108,25 @@ def _examples(vocab: int, num_responses: int = 3, label_prompt: bool = False) ->
             for p, lens, shared in shapes]
 
 
-def _both_paths(model, examples):
+def _both_paths(model, examples, row_tokens=None):
     from wrpo_ray.train.policy import SequenceLogprobs
 
     policy = SequenceLogprobs(model)
     padded = collate(examples, pad_token_id=0)
-    unshared, unshared_n = policy(padded["input_ids"], padded["attention_mask"], padded["labels"])
-    packed, packed_n = policy.forward_packed(pack(examples))
+    unshared, unshared_n = policy(padded)
+    packed, packed_n = policy(pack(examples, row_tokens=row_tokens))
     return policy, unshared, packed, unshared_n, packed_n
 
 
+@pytest.mark.parametrize("row_tokens", [None, 1000], ids=["rows-by-longest", "one-row"])
 @pytest.mark.parametrize("sliding_window", [None, 6], ids=["full", "window6"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_packed_logprobs_and_gradients_equal_unshared(arch, sliding_window):
+def test_packed_logprobs_and_gradients_equal_unshared(arch, sliding_window, row_tokens):
     if sliding_window is not None and arch == "llama":
         pytest.skip("Llama has no sliding window")
     model = _model(arch, sliding_window)
     examples = _examples(model.config.vocab_size)
-    policy, unshared, packed, unshared_n, packed_n = _both_paths(model, examples)
+    policy, unshared, packed, unshared_n, packed_n = _both_paths(model, examples, row_tokens)
     assert packed_n.tolist() == unshared_n.tolist()
     torch.testing.assert_close(packed, unshared, rtol=1e-10, atol=1e-10)
 

@@ -35,7 +35,7 @@ def naive_sequence_logps(lm, batch):
 
 def test_fused_logps_equal_naive_path(setup):
     _, lm, batch = setup
-    fused, n_tokens = SequenceLogprobs(lm)(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    fused, n_tokens = SequenceLogprobs(lm)(batch)
     assert torch.allclose(fused.double(), naive_sequence_logps(lm, batch), rtol=1e-5, atol=1e-4)
     assert n_tokens.tolist() == (batch["labels"] != -100).sum(1).tolist()
 
@@ -46,7 +46,7 @@ def test_no_full_logits_in_a_training_step(setup):
     handle = lm.get_output_embeddings().register_forward_hook(lambda *a: calls.append(a))
     try:
         policy = SequenceLogprobs(lm)
-        logps, _ = policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        logps, _ = policy(batch)
         logps.sum().backward()
     finally:
         handle.remove()
@@ -69,7 +69,7 @@ def test_precomputed_reference_equals_frozen_reference(setup):
                                                    ("ref_logps", pa.list_(pa.float64()))]))
     column = torch.tensor(ReferenceLogps(path)(table)["ref_logps"].to_pylist())
     with torch.no_grad():
-        frozen, _ = SequenceLogprobs(lm).eval()(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        frozen, _ = SequenceLogprobs(lm).eval()(batch)
     assert column.shape == (2, 3)
     assert torch.allclose(column.float(), frozen.view(2, 3), rtol=1e-6, atol=1e-5)
 

@@ -5,7 +5,7 @@ The same tiny model, tokenizer and conversational (prompt, chosen, rejected) row
 * TRL: a ``DPOTrainer`` built on them; one batch from its own train dataloader goes through its own
   ``compute_loss``. Per-sequence log-probs are read from the ``log_probs`` its fused LM head returns
   (forward hooks on the policy and the reference), exactly the tensors it sums into its loss;
-* this project: ``tokenize_example`` -> ``collate`` -> ``SequenceLogprobs`` (the fused kernel) for the
+* this project: ``tokenize_example`` -> ``pack`` -> ``SequenceLogprobs`` (the fused kernel) for the
   policy and the reference -> ``losses.compute_loss`` with the DPO objective.
 
 The policy is the reference plus small seeded noise, so the DPO loss is not the trivial ``log 2``.
@@ -52,6 +52,7 @@ from wrpo_ray.toy.build import toy_model_path  # noqa: E402
 from wrpo_ray.toy.task import make_preference_rows  # noqa: E402
 from wrpo_ray.train.batching import IGNORE_INDEX, collate, tokenize_example  # noqa: E402
 from wrpo_ray.train.losses import LossConfig, PreferenceLogps, compute_loss  # noqa: E402
+from wrpo_ray.train.packing import PackedBatch, pack  # noqa: E402
 from wrpo_ray.train.policy import SequenceLogprobs  # noqa: E402
 
 BETA = 0.1
@@ -165,8 +166,9 @@ def _run_trl(name: str, reference, policy, rows, max_length, tmp_path) -> dict:
     }
 
 
-def _project_batch(name: str, rows, max_length: int) -> tuple[dict, list[int]]:
-    """This project's collated batch of ``rows`` and the indices of the rows it kept."""
+def _project_batch(name: str, rows, max_length: int) -> tuple[dict, PackedBatch, list[int]]:
+    """This project's batch of ``rows`` padded (to compare with TRL's tensors) and in the layout training uses
+    (prefix-shared, packed), and the indices of the rows it kept."""
     tokenizer = AutoTokenizer.from_pretrained(toy_model_path(name))
     encoded, kept = [], []
     for i, row in enumerate(rows):
@@ -177,18 +179,17 @@ def _project_batch(name: str, rows, max_length: int) -> tuple[dict, list[int]]:
         if reason is None:
             encoded.append(enc)
             kept.append(i)
-    return collate(encoded, _pad_id(tokenizer)), kept
+    return collate(encoded, _pad_id(tokenizer)), pack(encoded), kept
 
 
 def _run_project(name: str, reference, policy, rows, max_length: int) -> dict:
-    batch, kept = _project_batch(name, rows, max_length)
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    batch, packed, kept = _project_batch(name, rows, max_length)
     policy_lm = SequenceLogprobs(policy)
     policy_lm.train()
     policy_lm.zero_grad()
-    logps, n_tokens = policy_lm(ids, mask, labels)
+    logps, n_tokens = policy_lm(packed)
     with torch.no_grad():
-        ref_logps, _ = SequenceLogprobs(reference).eval()(ids, mask, labels)
+        ref_logps, _ = SequenceLogprobs(reference).eval()(packed)
     shape = (-1, 2)
     out = compute_loss(
         LossConfig(objective="dpo", beta=BETA),
@@ -284,7 +285,8 @@ def test_logps_on_trls_own_tokens(tmp_path):
     batch = trl["batch"]
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORE_INDEX)
     with torch.no_grad():
-        logps, n_tokens = SequenceLogprobs(ours_lm).eval()(batch["input_ids"], batch["attention_mask"], labels)
+        logps, n_tokens = SequenceLogprobs(ours_lm).eval()(
+            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels})
     n = trl["n_examples"]
     torch.testing.assert_close(logps.view(2, n).T, trl["policy"], rtol=0, atol=LOGP_ATOL)
     assert torch.equal(n_tokens, batch["completion_mask"][:, 1:].sum(dim=1))

@@ -3,9 +3,9 @@ prefix once.
 
 An encoded example (`batching.tokenize_example`) has R sequences `prompt + completion_r`. Packed, it is
 `prefix, rest_1, ..., rest_R`, where the prefix is what all R sequences share (the prompt, or more when the
-responses start alike) and `rest_r` is the remainder of sequence r. Every example of a micro-batch follows
-the previous one in the same row, so there is no padding at all. Three things make the packed forward equal
-to R separate ones:
+responses start alike) and `rest_r` is the remainder of sequence r. Short examples share a row, one after
+another (`pack`); a row is padded only at its end. Three things make the packed forward equal to R separate
+ones:
 
 * position ids restart after the prefix for each response (`rest_r` continues at the prefix's length);
 * the attention mask lets a token see earlier tokens of its own example only, and of those only the prefix
@@ -31,15 +31,15 @@ from wrpo_ray.kernels import IGNORE_INDEX
 @dataclass
 class PackedBatch:
     input_ids: Tensor
-    """[1, T] every token of every example, once."""
+    """[rows, C] every token of every example, once; padding only after a row's last example."""
     position_ids: Tensor
-    """[1, T] each token's position in its own sequence."""
+    """[rows, C] each token's position in its own sequence."""
     document: Tensor
-    """[T] the example each token belongs to."""
+    """[rows, C] the example each token belongs to (-1: padding)."""
     segment: Tensor
-    """[T] 0 for the shared prefix, r + 1 for the rest of sequence r."""
+    """[rows, C] 0 for the shared prefix, r + 1 for the rest of sequence r."""
     predictors: Tensor
-    """[N] for each scored token, the packed index whose hidden state predicts it."""
+    """[N] for each scored token, the flat index (`row * C + column`) whose hidden state predicts it."""
     targets: Tensor
     """[N] the scored tokens' ids."""
     seq_ids: Tensor
@@ -55,7 +55,27 @@ class PackedBatch:
 
     @property
     def tokens(self) -> int:
-        return int(self.input_ids.shape[1])
+        """Positions the model computes, padding included."""
+        return int(self.input_ids.numel())
+
+
+PACKINGS = ("shared_prefix", "padded")
+
+
+def make_batch(rows: list[dict[str, Any]], packing: str, pad_id: int, device: torch.device | str
+               ) -> PackedBatch | dict[str, Tensor]:
+    """A micro-batch of encoded examples as the policy takes it, on `device`."""
+    if packing == "shared_prefix":
+        return pack(rows, pad_id=pad_id).to(device)
+    if packing == "padded":
+        from wrpo_ray.train.batching import collate
+
+        return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+    raise ValueError(f"unknown packing {packing!r}; expected one of {PACKINGS}")
+
+
+def reference_logps_of(batch: PackedBatch | dict[str, Tensor]) -> Tensor | None:
+    return batch.ref_logps if isinstance(batch, PackedBatch) else batch.get("ref_logps")
 
 
 def shared_prefix_length(sequences: list[list[int]]) -> int:
@@ -68,57 +88,80 @@ def shared_prefix_length(sequences: list[list[int]]) -> int:
     return shortest
 
 
-def pack(examples: list[dict[str, Any]]) -> PackedBatch:
-    """Packs encoded examples (`input_ids` and `labels`: R lists each) into one prefix-shared row."""
+def _packed_example(example: dict[str, Any], b: int, num_r: int) -> dict[str, list[int]]:
+    """One example's run of tokens, and its scored tokens with their predictors relative to the run's start."""
+    sequences, labels = example["input_ids"], example["labels"]
+    prefix = shared_prefix_length(sequences)
+    run = {"ids": list(sequences[0][:prefix]), "positions": list(range(prefix)), "segment": [0] * prefix,
+           "predictors": [], "targets": [], "seq_ids": []}
+    for r, (seq, lab) in enumerate(zip(sequences, labels, strict=True)):
+        if len(seq) != len(lab):
+            raise ValueError(f"example {b} response {r}: {len(seq)} tokens but {len(lab)} labels")
+        start = len(run["ids"])
+        run["ids"] += seq[prefix:]
+        run["positions"] += range(prefix, len(seq))
+        run["segment"] += [r + 1] * (len(seq) - prefix)
+        for t in range(1, len(seq)):
+            if lab[t] != IGNORE_INDEX:
+                before = t - 1  # the position that predicts token t, where it lies in the run
+                run["predictors"].append(before if before < prefix else start + before - prefix)
+                run["targets"].append(lab[t])
+                run["seq_ids"].append(b * num_r + r)
+    return run
+
+
+def pack(examples: list[dict[str, Any]], row_tokens: int | None = None, pad_id: int = 0) -> PackedBatch:
+    """Packs encoded examples (`input_ids` and `labels`: R lists each) into prefix-shared rows.
+
+    Examples are placed whole, longest first, each into the first row with room for it (`row_tokens`,
+    default the longest example's length, so no row grows beyond what one example needs and attention,
+    which costs the square of a row's length, stays near the unshared batch's). Rows end with padding up to
+    the longest row; padding never sits between examples. Pass a large `row_tokens` for one row.
+    """
     if not examples:
         raise ValueError("pack needs at least one example")
     n_responses = {len(e["input_ids"]) for e in examples}
     if len(n_responses) != 1:
         raise ValueError(f"examples have different numbers of responses: {sorted(n_responses)}")
     num_r = n_responses.pop()
-    ids: list[int] = []
-    positions: list[int] = []
-    document: list[int] = []
-    segment: list[int] = []
-    predictors: list[int] = []
-    targets: list[int] = []
-    seq_ids: list[int] = []
-    for b, example in enumerate(examples):
-        sequences, labels = example["input_ids"], example["labels"]
-        prefix = shared_prefix_length(sequences)
-        base = len(ids)
-        ids += sequences[0][:prefix]
-        positions += range(prefix)
-        document += [b] * prefix
-        segment += [0] * prefix
-        for r, (seq, lab) in enumerate(zip(sequences, labels, strict=True)):
-            if len(seq) != len(lab):
-                raise ValueError(f"example {b} response {r}: {len(seq)} tokens but {len(lab)} labels")
-            start = len(ids)
-            rest = seq[prefix:]
-            ids += rest
-            positions += range(prefix, len(seq))
-            document += [b] * len(rest)
-            segment += [r + 1] * len(rest)
-
-            def packed_index(t: int, start: int = start) -> int:
-                return base + t if t < prefix else start + t - prefix
-
-            for t in range(1, len(seq)):
-                if lab[t] != IGNORE_INDEX:
-                    predictors.append(packed_index(t - 1))
-                    targets.append(lab[t])
-                    seq_ids.append(b * num_r + r)
-    long = torch.long
+    runs = [_packed_example(e, b, num_r) for b, e in enumerate(examples)]
+    capacity = max(row_tokens or 0, max(len(run["ids"]) for run in runs))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for b in sorted(range(len(runs)), key=lambda i: -len(runs[i]["ids"])):
+        need = len(runs[b]["ids"])
+        row = next((i for i, left in enumerate(room) if left >= need), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(b)
+        room[row] -= need
+    width = max(capacity - left for left in room)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    document = torch.full(shape, -1, dtype=torch.long)
+    segment = torch.zeros(shape, dtype=torch.long)
+    predictors, targets, seq_ids = [], [], []
+    for r, members in enumerate(rows):
+        offset = 0
+        for b in members:
+            run = runs[b]
+            n = len(run["ids"])
+            span = slice(offset, offset + n)
+            ids[r, span] = torch.tensor(run["ids"])
+            positions[r, span] = torch.tensor(run["positions"])
+            document[r, span] = b
+            segment[r, span] = torch.tensor(run["segment"])
+            predictors += [r * width + offset + i for i in run["predictors"]]
+            targets += run["targets"]
+            seq_ids += run["seq_ids"]
+            offset += n
     batch = PackedBatch(
-        input_ids=torch.tensor([ids], dtype=long),
-        position_ids=torch.tensor([positions], dtype=long),
-        document=torch.tensor(document, dtype=long),
-        segment=torch.tensor(segment, dtype=long),
-        predictors=torch.tensor(predictors, dtype=long),
-        targets=torch.tensor(targets, dtype=long),
-        seq_ids=torch.tensor(seq_ids, dtype=long),
-        num_seqs=len(examples) * num_r,
+        input_ids=ids, position_ids=positions, document=document, segment=segment,
+        predictors=torch.tensor(predictors, dtype=torch.long), targets=torch.tensor(targets, dtype=torch.long),
+        seq_ids=torch.tensor(seq_ids, dtype=torch.long), num_seqs=len(examples) * num_r,
         num_response_tokens=torch.tensor([e["num_response_tokens"] for e in examples], dtype=torch.float32),
     )
     if all(e.get("ref_logps") is not None for e in examples):
@@ -127,27 +170,28 @@ def pack(examples: list[dict[str, Any]]) -> PackedBatch:
 
 
 def allowed(batch: PackedBatch, sliding_window: int | None = None) -> Tensor:
-    """[T, T] bool: query i may attend key j.
+    """[rows, C, C] bool: in each row, query i may attend key j.
 
     Same example, not later in the row, the prefix or the query's own response; within `sliding_window`
-    positions when given (transformers' rule: `q - kv < window`).
+    positions when given (transformers' rule: `q - kv < window`). A padding position sees the padding before
+    it (never nothing, so no softmax row is empty).
     """
-    doc, seg, pos = batch.document, batch.segment, batch.position_ids[0]
-    t = doc.shape[0]
-    index = torch.arange(t, device=doc.device)
-    ok = (doc[:, None] == doc[None, :]) & (index[None, :] <= index[:, None])
-    ok &= (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
+    doc, seg, pos = batch.document, batch.segment, batch.position_ids
+    width = doc.shape[1]
+    index = torch.arange(width, device=doc.device)
+    ok = (doc[:, :, None] == doc[:, None, :]) & (index[None, :] <= index[:, None])
+    ok &= (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
     if sliding_window is not None:
-        ok &= (pos[:, None] - pos[None, :]) < sliding_window
+        ok &= (pos[:, :, None] - pos[:, None, :]) < sliding_window
     return ok
 
 
 def additive_mask(ok: Tensor, dtype: torch.dtype) -> Tensor:
-    """[1, 1, T, T] in `dtype`: 0 where allowed, the dtype's lowest value elsewhere (what eager and SDPA
+    """[rows, 1, C, C] in `dtype`: 0 where allowed, the dtype's lowest value elsewhere (what eager and SDPA
     attention add to the scores; not -inf, so no row is NaN)."""
     mask = torch.zeros(ok.shape, dtype=dtype, device=ok.device)
     mask.masked_fill_(~ok, torch.finfo(dtype).min)
-    return mask[None, None]
+    return mask[:, None]
 
 
 def attention_masks(config: Any, batch: PackedBatch, dtype: torch.dtype) -> Tensor | dict[str, Tensor]:

@@ -42,9 +42,18 @@ class SequenceLogprobs(nn.Module):
     def backbone(self) -> nn.Module:
         return getattr(self.lm, self.lm.base_model_prefix)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    def forward(self, batch: PackedBatch | dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (summed log-probs [S], scored token counts [S]) for the batch's S sequences, example-major.
+
+        One entry point for both layouts, so DeepSpeed's ZeRO-3 hooks (which gather the lm_head weight
+        around this module's forward) run for either.
+        """
+        if isinstance(batch, PackedBatch):
+            return self._packed(batch)
+        return self._padded(batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+    def _padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (summed log-probs [S], response token counts [S]) for S sequences."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         targets = per_token_targets(labels)
         head = self.lm.get_output_embeddings()
@@ -53,11 +62,11 @@ class SequenceLogprobs(nn.Module):
                               ignore_index=IGNORE_INDEX, seq_ids=seq_ids, num_seqs=labels.shape[0])
         return out.sequence, (targets != IGNORE_INDEX).sum(dim=1)
 
-    def forward_packed(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same as `forward` for the sequences of a prefix-shared packed row (`train/packing.py`)."""
+    def _packed(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         masks = attention_masks(self.lm.config, batch, self.lm.dtype)
         hidden = self.backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                               attention_mask=masks).last_hidden_state[0]
+                               attention_mask=masks).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
         head = self.lm.get_output_embeddings()
         out = linear_logprobs(hidden.index_select(0, batch.predictors), head.weight, batch.targets,
                               bias=head.bias, softcap=self.softcap, ignore_index=IGNORE_INDEX,

@@ -240,7 +240,7 @@ def reference_logps(cfg: TrainerSettings, stage: TrainingStage, ds: Any) -> tupl
     ds = ds.map_batches(
         ReferenceLogps, batch_format="pyarrow", batch_size=max(1, cfg.micro_batch_size),
         fn_constructor_kwargs={"model_path": resolve_model_path(model.path), "dtype": cfg.policy.dtype,
-                               "trust_remote_code": model.trust_remote_code},
+                               "trust_remote_code": model.trust_remote_code, "packing": cfg.packing},
         compute=ray.data.ActorPoolStrategy(size=resources["actors"]), num_cpus=resources["num_cpus"],
         num_gpus=resources["num_gpus"], resources=resources["custom"] or None,
     ).materialize()
@@ -282,7 +282,7 @@ def loop_spec(cfg: TrainerSettings, stage: TrainingStage, order: DataOrder, refe
         micro_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=stage.learning_rate, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         warmup_ratio=cfg.warmup_ratio, zero_stage=cfg.zero_stage, logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, seed=cfg.seed, shuffle=cfg.shuffle,
+        save_steps=cfg.save_steps, seed=cfg.seed, shuffle=cfg.shuffle, packing=cfg.packing,
         tensorboard_dir=str(out / "tensorboard"), metrics_file=str(out / "metrics.jsonl"),
         attempts_file=str(out / "checkpoints" / "attempts.jsonl"),
     )

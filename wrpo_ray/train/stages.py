@@ -55,7 +55,8 @@ class ReferenceLogps:
     and in the policy's dtype, so that at the first step the policy's log-probs equal these.
     """
 
-    def __init__(self, model_path: str, dtype: str = "auto", trust_remote_code: bool = False) -> None:
+    def __init__(self, model_path: str, dtype: str = "auto", trust_remote_code: bool = False,
+                 packing: str = "shared_prefix") -> None:
         from transformers import AutoTokenizer
 
         from wrpo_ray.runtime import local_device, resolve_dtype
@@ -66,19 +67,18 @@ class ReferenceLogps:
         lm = load_causal_lm(model_path, resolve_dtype(dtype, self.device), trust_remote_code)
         self.model = SequenceLogprobs(lm).eval().to(self.device)
         self.pad_id = padding_id(AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+        self.packing = packing
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        from wrpo_ray.train.batching import collate
+        from wrpo_ray.train.packing import make_batch
 
         rows = batch.to_pylist()
         for r in rows:
             r["ref_logps"] = None
         with torch.inference_mode():
-            enc = collate(rows, self.pad_id)
-            logps, _ = self.model(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                                  enc["labels"].to(self.device))
+            logps, _ = self.model(make_batch(rows, self.packing, self.pad_id, self.device))
         per_row = logps.view(len(rows), -1).double().cpu().tolist()
         idx = batch.schema.get_field_index("ref_logps")
         return batch.set_column(idx, "ref_logps", pa.array(per_row, pa.list_(pa.float64())))

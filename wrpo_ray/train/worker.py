@@ -52,6 +52,7 @@ class LoopSpec:
     save_steps: int | None
     seed: int
     shuffle: bool
+    packing: str
     tensorboard_dir: str
     metrics_file: str
     attempts_file: str
@@ -217,7 +218,7 @@ def train(w: Worker) -> None:
     """Optimizer steps from the resumed step to the last; log, checkpoint."""
     import torch.distributed as dist
 
-    from wrpo_ray.train.batching import collate
+    from wrpo_ray.train.packing import make_batch
 
     spec = w.spec
     writer = _tensorboard(spec, w.step) if w.rank == 0 else None
@@ -227,7 +228,7 @@ def train(w: Worker) -> None:
     t_window, logged_step = time.perf_counter(), w.step
     for step, _, indices in w.order.schedule(w.step, last_step, w.rank):
         rows = w.rows.take(indices).to_pylist()
-        batch = {k: v.to(w.device) for k, v in collate(rows, w.pad_id).items()}
+        batch = make_batch(rows, spec.packing, w.pad_id, w.device)
         if spec.stage == "sft":
             loss, step_metrics = _sft_step(w.engine, batch)
         else:
@@ -261,7 +262,7 @@ def _tensorboard(spec: LoopSpec, step: int):
 
 
 def _sft_step(engine, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    logps, n_tokens = engine(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    logps, n_tokens = engine(batch)
     total = n_tokens.sum().clamp(min=1)
     loss = -logps.sum() / total
     return loss, {"nll": loss.detach(), "tokens": total.detach().float()}
@@ -271,12 +272,14 @@ def _preference_step(w: Worker, batch, step: int):
     """The loss of one micro-batch; `logps/ref_abs_diff` is mean |log pi - log pi_ref| over its responses,
     ~0 at the first step, when the policy still is the reference."""
     spec = w.spec
-    logps, n_tokens = w.engine(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    from wrpo_ray.train.packing import reference_logps_of
+
+    logps, n_tokens = w.engine(batch)
     shape = (-1, spec.n_responses)
-    ref = batch.get("ref_logps")
+    ref = reference_logps_of(batch)
     if ref is None and w.reference is not None:
         with torch.no_grad():
-            ref, _ = w.reference(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            ref, _ = w.reference(batch)
     if ref is not None:
         ref = ref.view(shape).to(logps.dtype)
     out = compute_loss(w.loss_cfg, PreferenceLogps(logps.view(shape), ref, n_tokens.view(shape).float()),
