@@ -108,29 +108,33 @@ def _examples(vocab: int, num_responses: int = 3, label_prompt: bool = False) ->
             for p, lens, shared in shapes]
 
 
-def _both_paths(model, examples, row_tokens=None):
+def _both_paths(model, examples, row_tokens=None, device="cpu"):
     from wrpo_ray.train.policy import SequenceLogprobs
 
-    policy = SequenceLogprobs(model)
-    padded = collate(examples, pad_token_id=0)
+    policy = SequenceLogprobs(model).to(device)
+    padded = {k: v.to(device) for k, v in collate(examples, pad_token_id=0).items()}
     unshared, unshared_n = policy(padded)
-    packed, packed_n = policy(pack(examples, row_tokens=row_tokens))
+    packed, packed_n = policy(pack(examples, row_tokens=row_tokens).to(device))
     return policy, unshared, packed, unshared_n, packed_n
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh)")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("row_tokens", [None, 1000], ids=["rows-by-longest", "one-row"])
 @pytest.mark.parametrize("sliding_window", [None, 6], ids=["full", "window6"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_packed_logprobs_and_gradients_equal_unshared(arch, sliding_window, row_tokens):
+def test_packed_logprobs_and_gradients_equal_unshared(arch, sliding_window, row_tokens, device):
     if sliding_window is not None and arch == "llama":
         pytest.skip("Llama has no sliding window")
     model = _model(arch, sliding_window)
     examples = _examples(model.config.vocab_size)
-    policy, unshared, packed, unshared_n, packed_n = _both_paths(model, examples, row_tokens)
+    policy, unshared, packed, unshared_n, packed_n = _both_paths(model, examples, row_tokens, device)
     assert packed_n.tolist() == unshared_n.tolist()
     torch.testing.assert_close(packed, unshared, rtol=1e-10, atol=1e-10)
 
-    weights = torch.randn(unshared.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(unshared.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
     grads = []
     for values in (unshared, packed):
         policy.zero_grad()
