@@ -13,7 +13,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_DEDUP_LOGS ?= 1
 
-.PHONY: install toy demo test unit lint clean
+.PHONY: install toy demo test unit lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ test: toy
 
 unit: install
 	$(BIN)/python -m pytest tests/unit tests/kernels $(PYTEST_ARGS)
+
+# The benchmarks that need no earlier run, at a small size, recorded under benchmarks/results/ (a few minutes).
+bench: toy
+	$(BIN)/python benchmarks/bench_packing.py --write
+	$(BIN)/python benchmarks/bench_vllm_startup.py --model "$$($(BIN)/wrpo-ray build-toy target-weak | cut -d' ' -f2)" \
+		--compare layout --write
 
 lint: install
 	$(BIN)/ruff check wrpo_ray tests benchmarks
