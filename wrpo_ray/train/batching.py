@@ -143,6 +143,25 @@ def pad_sequences(
     return ids, mask
 
 
+def responses_per_example(examples: list[dict[str, Any]], who: str) -> int:
+    """R, the number of responses every encoded example has; an error when there are none or they differ."""
+    if not examples:
+        raise ValueError(f"{who} needs at least one example")
+    n_responses = {len(e["input_ids"]) for e in examples}
+    if len(n_responses) != 1:
+        raise ValueError(f"examples have different numbers of responses: {sorted(n_responses)}")
+    return n_responses.pop()
+
+
+def per_example_tensors(examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """``num_response_tokens`` ``[B, R]`` (float) and, when every example has them, ``ref_logps`` ``[B, R]``:
+    what a batch carries per example, whatever its layout."""
+    out = {"num_response_tokens": torch.tensor([e["num_response_tokens"] for e in examples], dtype=torch.float32)}
+    if all(e.get("ref_logps") is not None for e in examples):
+        out["ref_logps"] = torch.tensor([list(e["ref_logps"]) for e in examples], dtype=torch.float32)
+    return out
+
+
 def collate(
     examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, Tensor]:
@@ -154,25 +173,17 @@ def collate(
     ``num_response_tokens`` of shape ``[B, R]`` (float) and, when every example has them, ``ref_logps``
     of shape ``[B, R]``.
     """
-    if not examples:
-        raise ValueError("collate needs at least one example")
+    responses_per_example(examples, "collate")
     if not isinstance(pad_token_id, int):
         raise TypeError(f"pad_token_id must be an int, got {pad_token_id!r}: use padding_id(tokenizer)")
-    n_responses = {len(e["input_ids"]) for e in examples}
-    if len(n_responses) != 1:
-        raise ValueError(f"examples have different numbers of responses: {sorted(n_responses)}")
     sequences = [ids for e in examples for ids in e["input_ids"]]
     labels = [lab for e in examples for lab in e["labels"]]
     width = max(len(ids) for ids in sequences)
     if pad_to_multiple_of:
         width = math.ceil(width / pad_to_multiple_of) * pad_to_multiple_of
     input_ids, attention_mask = pad_sequences(sequences, pad_token_id, width)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-             "labels": pad_sequences(labels, IGNORE_INDEX, width)[0]}
-    batch["num_response_tokens"] = torch.tensor([e["num_response_tokens"] for e in examples], dtype=torch.float32)
-    if all(e.get("ref_logps") is not None for e in examples):
-        batch["ref_logps"] = torch.tensor([list(e["ref_logps"]) for e in examples], dtype=torch.float32)
-    return batch
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "labels": pad_sequences(labels, IGNORE_INDEX, width)[0], **per_example_tensors(examples)}
 
 
 def per_token_targets(labels: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from wrpo_ray.kernels import IGNORE_INDEX
+from wrpo_ray.train.batching import collate, per_example_tensors, responses_per_example
 
 
 @dataclass
@@ -68,8 +69,6 @@ def make_batch(rows: list[dict[str, Any]], packing: str, pad_id: int, device: to
     if packing == "shared_prefix":
         return pack(rows, pad_id=pad_id).to(device)
     if packing == "padded":
-        from wrpo_ray.train.batching import collate
-
         return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
     raise ValueError(f"unknown packing {packing!r}; expected one of {PACKINGS}")
 
@@ -118,12 +117,7 @@ def pack(examples: list[dict[str, Any]], row_tokens: int | None = None, pad_id: 
     which costs the square of a row's length, stays near the unshared batch's). Rows end with padding up to
     the longest row; padding never sits between examples. Pass a large `row_tokens` for one row.
     """
-    if not examples:
-        raise ValueError("pack needs at least one example")
-    n_responses = {len(e["input_ids"]) for e in examples}
-    if len(n_responses) != 1:
-        raise ValueError(f"examples have different numbers of responses: {sorted(n_responses)}")
-    num_r = n_responses.pop()
+    num_r = responses_per_example(examples, "pack")
     runs = [_packed_example(e, b, num_r) for b, e in enumerate(examples)]
     capacity = max(row_tokens or 0, max(len(run["ids"]) for run in runs))
     rows: list[list[int]] = []
@@ -158,15 +152,12 @@ def pack(examples: list[dict[str, Any]], row_tokens: int | None = None, pad_id: 
             targets += run["targets"]
             seq_ids += run["seq_ids"]
             offset += n
-    batch = PackedBatch(
+    return PackedBatch(
         input_ids=ids, position_ids=positions, document=document, segment=segment,
         predictors=torch.tensor(predictors, dtype=torch.long), targets=torch.tensor(targets, dtype=torch.long),
         seq_ids=torch.tensor(seq_ids, dtype=torch.long), num_seqs=len(examples) * num_r,
-        num_response_tokens=torch.tensor([e["num_response_tokens"] for e in examples], dtype=torch.float32),
+        **per_example_tensors(examples),
     )
-    if all(e.get("ref_logps") is not None for e in examples):
-        batch.ref_logps = torch.tensor([list(e["ref_logps"]) for e in examples], dtype=torch.float32)
-    return batch
 
 
 def allowed(batch: PackedBatch, sliding_window: int | None = None) -> Tensor:
