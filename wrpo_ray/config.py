@@ -236,12 +236,12 @@ class TrainerSettings(_Strict):
     save_steps: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
     max_failures: int = Field(3, ge=-1)
-    packing: Literal["shared_prefix", "padded"] = "shared_prefix"
-    """How a micro-batch reaches the model: `shared_prefix` packs each example's sequences into one row that
-    holds the prompt once, examples after each other, no padding (train/packing.py); `padded` is one
-    right-padded row per sequence. Same log-probs; kept for comparison."""
     """Worker-group failures (a worker process or its node lost) Ray Train recovers from within one run, each
     time restarting every worker from the latest checkpoint; 0 fails at the first, -1 never gives up."""
+    packing: Literal["shared_prefix", "padded"] = "shared_prefix"
+    """How a micro-batch reaches the model: `shared_prefix` lays each example's sequences out with the prompt
+    once, short examples sharing a row, padding only at a row's end (train/packing.py); `padded` is one
+    right-padded row per sequence. Same log-probs; kept for comparison."""
     seed: int = 0
     shuffle: bool = True
     """A fresh order of the rows every epoch, drawn from (seed, epoch); False trains in input order."""
