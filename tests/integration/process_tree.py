@@ -60,7 +60,7 @@ def role(p: psutil.Process) -> str:
 
 
 def census(procs: list[psutil.Process]) -> dict[str, int]:
-    return dict(Counter(role(p) for p in procs if role(p) != "gone"))
+    return dict(Counter(r for r in map(role, procs) if r != "gone"))
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Driver:
         self.mark = new_mark()
         self.log = log
         full_env = {**os.environ, **(env or {}), MARK: self.mark}
-        self._log_file = open(log, "w")  # noqa: SIM115 (closed in finish)
+        self._log_file = open(log, "w")  # noqa: SIM115 (closed in _settle)
         self.proc = subprocess.Popen(argv, env=full_env, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      start_new_session=True, cwd=cwd)
 

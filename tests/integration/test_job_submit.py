@@ -78,24 +78,39 @@ def _pipeline_config(tmp_path: Path) -> Path:
     return config
 
 
-def test_tiny_pipeline_job_succeeds(head, tmp_path):
-    """The whole pipeline as one Ray job: every stage runs, persists its summary, and evaluation reports."""
-    address, env = head
-    config = _pipeline_config(tmp_path)
+def _submit(address: str, env: dict, *command: str, options: tuple[str, ...] = ()) -> str:
+    """`ray job submit --no-wait [options] -- command`; returns the submission id."""
     submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
-         "--", "python", "-m", "jobs.run", "--config", str(config)],
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", *options, "--", *command],
         env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert submit.returncode == 0, submit.stdout + submit.stderr
-    job_id = next(line.split("'")[1] for line in submit.stdout.splitlines() if "submitted successfully" in line)
+    return next(line.split("'")[1] for line in submit.stdout.splitlines() if "submitted successfully" in line)
 
+
+def _marked_by(mark: str) -> tuple[str, ...]:
+    """Submit options that put `mark` in the environment of every process of the job (its runtime env)."""
+    return ("--runtime-env-json", json.dumps({"env_vars": {MARK: mark}}))
+
+
+def _wait_status(address: str, env: dict, job_id: str, timeout: float, poll: float = 2) -> str:
+    """The job's status once it has ended (succeeded, failed, stopped), or the last seen at `timeout`."""
+    deadline = time.monotonic() + timeout
     status = ""
-    deadline = time.monotonic() + 1500
     while time.monotonic() < deadline:
         status = ray_cli("job", "status", "--address", address, job_id, env=env).lower()
         if any(s in status for s in ("succeeded", "failed", "stopped")):
             break
-        time.sleep(10)
+        time.sleep(poll)
+    return status
+
+
+def test_tiny_pipeline_job_succeeds(head, tmp_path):
+    """The whole pipeline as one Ray job: every stage runs, persists its summary, and evaluation reports."""
+    address, env = head
+    config = _pipeline_config(tmp_path)
+    job_id = _submit(address, env, "python", "-m", "jobs.run", "--config", str(config),
+                     options=("--working-dir", str(REPO)))
+    status = _wait_status(address, env, job_id, 1500, poll=10)
     logs = ray_cli("job", "logs", "--address", address, job_id, env=env)
     assert "succeeded" in status, logs[-6000:]
     assert "Table 2" in logs and "Target-SFT-WRPO" in logs
@@ -143,27 +158,6 @@ def _singletons(procs) -> dict[str, int]:
     return found
 
 
-def _submit(address: str, env: dict, mark: str, *command: str) -> str:
-    """Submits a job whose every process carries `mark` (its runtime env); returns the submission id."""
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait",
-         "--runtime-env-json", json.dumps({"env_vars": {MARK: mark}}), "--", *command],
-        env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert submit.returncode == 0, submit.stdout + submit.stderr
-    return next(line.split("'")[1] for line in submit.stdout.splitlines() if "submitted successfully" in line)
-
-
-def _wait_status(address: str, env: dict, job_id: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        status = ray_cli("job", "status", "--address", address, job_id, env=env).lower()
-        if any(s in status for s in ("succeeded", "failed", "stopped")):
-            break
-        time.sleep(2)
-    return status
-
-
 def _cpus_in_use(env: dict) -> float:
     """CPUs held on the head, from `ray status` (its `used/total CPU` line)."""
     import re
@@ -198,7 +192,7 @@ def test_job_stop_frees_everything_and_resubmission_resumes(head, tmp_path):
     command = ("python", "-m", "wrpo_ray.cli", "generate", "--config", str(config))
     scored = tmp_path / "out" / "scored"
     mark = new_mark()
-    job_id = _submit(address, env, mark, *command)
+    job_id = _submit(address, env, *command, options=_marked_by(mark))
     deadline = time.monotonic() + 300
     while not (named(marked(mark), "VLLMGenerator") and committed_files(scored)):
         assert time.monotonic() < deadline, ray_cli("job", "logs", "--address", address, job_id, env=env)[-4000:]
@@ -225,7 +219,7 @@ def test_job_stop_frees_everything_and_resubmission_resumes(head, tmp_path):
     assert len(committed_files(scored)) >= kept
 
     mark = new_mark()
-    job_id = _submit(address, env, mark, *command)
+    job_id = _submit(address, env, *command, options=_marked_by(mark))
     status = _wait_status(address, env, job_id, 600)
     logs = ray_cli("job", "logs", "--address", address, job_id, env=env)
     assert "succeeded" in status, logs[-4000:]

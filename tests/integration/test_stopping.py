@@ -93,17 +93,22 @@ def _assert_says_how_to_resume(stop, signal_name: str, command: str) -> None:
     assert "Traceback" not in stop.output, stop.output[-3000:]
 
 
+def _ctrl_c(driver: Driver, name: str, command: str):
+    """Ctrl-C to the driver's group: 130 within 10 s, a resume line for `command`, nothing left."""
+    stop = driver.stop("int-group")
+    _report(name, stop)
+    assert stop.returncode == 130
+    _assert_says_how_to_resume(stop, "Ctrl-C", command)
+    _assert_nothing_left(stop)
+    assert stop.driver_exit_s <= 10
+
+
 def test_ctrl_c_during_generation_of_run(world):
     """Ctrl-C in `wrpo-ray run` (its generation stage): 130, a resume line, committed batches kept."""
     driver = _start(world, "ctrl-c-run", "run")
     scored = world / "run" / "sources" / "scored"
     assert driver.wait_for(lambda ps: _generating(ps) and committed_files(scored), 300), driver.log.read_text()[-3000:]
-    stop = driver.stop("int-group")
-    _report("ctrl-c run/generation", stop)
-    assert stop.returncode == 130
-    _assert_says_how_to_resume(stop, "Ctrl-C", "run")
-    _assert_nothing_left(stop)
-    assert stop.driver_exit_s <= 10
+    _ctrl_c(driver, "ctrl-c run/generation", "run")
     assert committed_files(scored)
 
 
@@ -148,33 +153,18 @@ def test_ctrl_c_during_reference_and_training(world):
     """`wrpo-ray train`: Ctrl-C while the reference log-probs are computed, then (run again) while it trains."""
     reference = _start(world, "train-ref", "train")
     assert reference.wait_for(lambda ps: named(ps, "ReferenceLogps"), 300), reference.log.read_text()[-3000:]
-    stop = reference.stop("int-group")
-    _report("ctrl-c reference", stop)
-    assert stop.returncode == 130
-    _assert_says_how_to_resume(stop, "Ctrl-C", "train")
-    _assert_nothing_left(stop)
-    assert stop.driver_exit_s <= 10
+    _ctrl_c(reference, "ctrl-c reference", "train")
 
     metrics = world / "train" / "metrics.jsonl"
     training = _start(world, "train-steps", "train")
     assert training.wait_for(lambda ps: metrics.is_file() and metrics.read_text().count("\n") >= 2, 400), \
         training.log.read_text()[-3000:]
     assert named(training.processes(), "RayTrainWorker")
-    stop = training.stop("int-group")
-    _report("ctrl-c training", stop)
-    assert stop.returncode == 130
-    _assert_says_how_to_resume(stop, "Ctrl-C", "train")
-    _assert_nothing_left(stop)
-    assert stop.driver_exit_s <= 10
+    _ctrl_c(training, "ctrl-c training", "train")
     assert (world / "train" / "checkpoints").is_dir()
 
 
 def test_ctrl_c_during_evaluation(world):
     driver = _start(world, "eval", "eval")
     assert driver.wait_for(_generating, 300), driver.log.read_text()[-3000:]
-    stop = driver.stop("int-group")
-    _report("ctrl-c eval", stop)
-    assert stop.returncode == 130
-    _assert_says_how_to_resume(stop, "Ctrl-C", "eval")
-    _assert_nothing_left(stop)
-    assert stop.driver_exit_s <= 10
+    _ctrl_c(driver, "ctrl-c eval", "eval")
