@@ -101,6 +101,7 @@ def format_train_summary(s: dict) -> str:
         f"quarantined {rows['quarantined']}  unused per epoch {rows['unused_per_epoch']}",
         f"truncated: {s['truncated']['prompts']} prompts, {s['truncated']['responses']} responses",
         f"steps {steps['completed']}/{steps['total']}  train {s['seconds']['train']} s  reference: {s['reference']}",
+        format_stage_seconds(s["seconds"]),
         _format_restarts(s),
         "final metrics: " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(s["final_metrics"].items())),
         f"model: {s['model_dir']}",
@@ -108,6 +109,16 @@ def format_train_summary(s: dict) -> str:
         f"tensorboard: {s['tensorboard']}",
     ]
     return "\n".join(lines)
+
+
+def format_stage_seconds(seconds: dict) -> str:
+    """Where the stage's time went: the driver's phases, then `fit()` by phase (worker.PhaseClock)."""
+    driver = [f"{k} {seconds[k]}" for k in ("tokenize", "reference", "train", "export") if k in seconds]
+    phases = seconds.get("train_phases") or {}
+    line = "seconds: " + ", ".join(driver)
+    if phases:
+        line += " (train: " + ", ".join(f"{k} {v}" for k, v in phases.items()) + ")"
+    return line
 
 
 def _format_restarts(s: dict) -> str:

@@ -109,3 +109,31 @@ def test_train_summary_counts_restarts():
     assert _format_restarts({"restarts": 0, "restarted_from_steps": []}) == "restarts: 0"
     assert _format_restarts({"restarts": 1, "restarted_from_steps": [2]}).startswith(
         "restarts: 1 (worker group lost, resumed from step 2")
+
+
+def test_fit_time_is_split_into_the_phases_rank_0_recorded(tmp_path):
+    from wrpo_ray.cli import format_stage_seconds
+    from wrpo_ray.train.run import train_phases
+    from wrpo_ray.train.worker import PhaseClock
+
+    path = tmp_path / "timings.jsonl"
+    earlier = {"started": 50.0, "ended": 60.0, "step": 4, "seconds": {"steps": 9.0}}
+    lost = {"started": 103.0, "ended": 110.0, "step": 4, "seconds": {"deepspeed_init": 2.0, "steps": 5.0}}
+    resumed = {"started": 115.0, "ended": 140.0, "step": 8, "seconds": {"deepspeed_init": 2.5, "steps": 20.0}}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (earlier, lost, resumed)) + '{"started": 1')
+    phases = train_phases(path, fit_started=100.0, fit_ended=144.0)
+    assert phases == {"worker_group_start": 3.0, "deepspeed_init": 4.5, "steps": 25.0, "after_workers": 4.0}
+    assert train_phases(tmp_path / "absent.jsonl", 0.0, 1.0) == {}
+
+    clock = PhaseClock()
+    clock.mark("load_model")
+    clock.mark("steps")
+    clock.mark("steps")
+    clock.write(tmp_path / "new.jsonl", step=9)
+    record = json.loads((tmp_path / "new.jsonl").read_text())
+    assert list(record["seconds"]) == ["load_model", "steps"] and record["step"] == 9
+    assert record["ended"] >= record["started"]
+
+    line = format_stage_seconds({"tokenize": 1.0, "train": 44.0, "train_phases": phases})
+    assert line == ("seconds: tokenize 1.0, train 44.0 (train: worker_group_start 3.0, deepspeed_init 4.5, "
+                    "steps 25.0, after_workers 4.0)")

@@ -34,7 +34,14 @@ from wrpo_ray.train.cursor import DataOrder
 from wrpo_ray.train.losses import LossConfig
 from wrpo_ray.train.preference_data import Kind, in_sft_split, normalize_preference_row
 from wrpo_ray.train.stages import ReferenceLogps, TokenizeBatch, quarantine_row
-from wrpo_ray.train.worker import CKPT_TAG, LoopSpec, checkpoint_step, format_step, train_loop_per_worker
+from wrpo_ray.train.worker import (
+    CKPT_TAG,
+    LoopSpec,
+    checkpoint_step,
+    format_step,
+    timings_file,
+    train_loop_per_worker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +108,9 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
         _write_quarantine(rows, out)
         raise InputError(f"no usable training rows in {cfg.data}; see {out / 'quarantine'}")
     ensure_ray()
+    t0 = time.perf_counter()
     data, truncation = tokenize(cfg, rows)
+    tokenize_seconds = time.perf_counter() - t0
     order = data_order(cfg, data.count())
     if order.steps_per_epoch == 0:
         _write_quarantine(rows, out)
@@ -114,9 +123,12 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
     log.info("%s: %d rows, %d optimizer steps (%d per epoch), resume from %s", stage.name, spec.num_rows,
              spec.total_steps, order.steps_per_epoch, resume)
     earlier_attempts = len(read_attempts(spec))
+    fit_started = time.time()
     result, train_seconds = fit(cfg, spec, data, out / "checkpoints", resume)
     restarts = read_attempts(spec)[earlier_attempts + 1:]
+    t0 = time.perf_counter()
     model_dir, last_step = export(cfg, out)
+    export_seconds = time.perf_counter() - t0
     _write_quarantine(rows, out)
     summary = {
         "stage": stage.name,
@@ -131,8 +143,10 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
         "restarts": len(restarts),
         "restarted_from_steps": [a["step"] for a in restarts],
         "reference": reference,
-        "seconds": {"reference": round(ref_seconds, 2), "train": round(train_seconds, 2),
-                    "per_step_median": _median_step_seconds(Path(spec.metrics_file))},
+        "seconds": {"tokenize": round(tokenize_seconds, 2), "reference": round(ref_seconds, 2),
+                    "train": round(train_seconds, 2), "export": round(export_seconds, 2),
+                    "per_step_median": _median_step_seconds(Path(spec.metrics_file)),
+                    "train_phases": train_phases(timings_file(spec), fit_started, fit_started + train_seconds)},
         "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
         "model_dir": str(model_dir) if model_dir else None,
         "checkpoints": str(out / "checkpoints" / "run"),
@@ -482,6 +496,31 @@ def export(cfg: TrainerSettings, out: Path) -> tuple[Path | None, int]:
     AutoTokenizer.from_pretrained(policy_path, trust_remote_code=cfg.policy.trust_remote_code).save_pretrained(
         model_dir)
     return model_dir, last_step
+
+
+def train_phases(timings: Path, fit_started: float, fit_ended: float) -> dict[str, float]:
+    """Where `fit()`'s wall time went, from rank 0's `timings.jsonl` lines of the worker groups this fit started:
+    `worker_group_start` (Ray Train's controller, placement and the workers' processes, until the first
+    group's entry point ran), each worker phase summed over the groups, and `after_workers` (from the last
+    group's end to `fit()` returning: reporting, the final checkpoint's registration, tear-down). Groups that
+    ended without finishing (a lost node) count only in the total."""
+    if not timings.is_file():
+        return {}
+    groups = []
+    for line in timings.read_text().splitlines():
+        try:
+            groups.append(json.loads(line))
+        except json.JSONDecodeError:  # a line a killed worker left unfinished, or one appended to it
+            continue
+    groups = [g for g in groups if g["started"] >= fit_started - 1.0]
+    if not groups:
+        return {}
+    phases: dict[str, float] = {"worker_group_start": groups[0]["started"] - fit_started}
+    for g in groups:
+        for k, v in g["seconds"].items():
+            phases[k] = phases.get(k, 0.0) + v
+    phases["after_workers"] = fit_ended - groups[-1]["ended"]
+    return {k: round(v, 2) for k, v in phases.items()}
 
 
 def _median_step_seconds(metrics_file: Path) -> float | None:
