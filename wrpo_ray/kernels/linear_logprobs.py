@@ -330,11 +330,12 @@ def torch_backward(
     if not (need_hidden or need_weight or need_bias):
         return None, None, None
     coef = grad.to(dtype).mul(-1.0 / temperature)
+    bias_dtype = None if bias is None else bias.dtype
     acc_h = torch.zeros(n, hdim, dtype=dtype, device=device) if need_hidden else None
     grad_b = torch.zeros(v, dtype=dtype, device=device) if need_bias else None
     if n == 0:
         grad_w = torch.zeros_like(weight) if need_weight else None
-        return _finish_grads(acc_h, coef, hidden, grad_w, grad_b, bias)
+        return finish_grads(acc_h, grad_w, grad_b, hidden.dtype, bias_dtype, row_scale=coef)
     grad_w = torch.empty_like(weight) if need_weight else None
     nt, vc = _chunk_sizes(n, v, token_chunk, vocab_chunk)
     single_token_chunk = nt >= n
@@ -380,7 +381,7 @@ def torch_backward(
                 grad_b[v0:v1].add_(coef[t0:t1] @ z)
         if acc_w is not None:
             grad_w[v0:v1].copy_(gw_c)
-    return _finish_grads(acc_h, coef, hidden, grad_w, grad_b, bias)
+    return finish_grads(acc_h, grad_w, grad_b, hidden.dtype, bias_dtype, row_scale=coef)
 
 
 def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor | None, first: bool):
@@ -396,11 +397,24 @@ def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scratch: to
         acc.add_(product)
 
 
-def _finish_grads(acc_h, coef, hidden, grad_w, grad_b, bias):
-    grad_h = None
-    if acc_h is not None:
-        acc_h.mul_(coef.unsqueeze(1))
-        grad_h = _as(acc_h, hidden.dtype)
+def finish_grads(
+    grad_h: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+    hidden_dtype: torch.dtype,
+    bias_dtype: torch.dtype | None,
+    row_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The gradients the backward of either backend returns, from its accumulators.
+
+    ``grad_h`` [N, H] is multiplied in place by the per-token factor ``row_scale`` [N] when one is given
+    (the PyTorch path applies the upstream gradient there; the Triton kernels have already applied it) and
+    cast to ``hidden_dtype``; ``grad_b`` is cast to ``bias_dtype``. ``grad_w`` is already in the weight's dtype.
+    """
+    if grad_h is not None:
+        if row_scale is not None:
+            grad_h.mul_(row_scale.unsqueeze(1))
+        grad_h = _as(grad_h, hidden_dtype)
     if grad_b is not None:
-        grad_b = grad_b.to(bias.dtype)
+        grad_b = _as(grad_b, bias_dtype)
     return grad_h, grad_w, grad_b

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from wrpo_ray.kernels.linear_logprobs import finish_grads
+
 
 class Blocks(NamedTuple):
     n: int
@@ -48,9 +50,48 @@ def _tanh(x):
 
 
 @triton.jit
+def _span(start, size, BLOCK: tl.constexpr):
+    """Indices ``start .. start + BLOCK`` and which of them are below ``size``."""
+    idx = start + tl.arange(0, BLOCK)
+    return idx, idx < size
+
+
+@triton.jit
+def _token_block(y_ptr, N, BLOCK_N: tl.constexpr):
+    """The program's block of tokens (program id 0): rows, row mask and labels (-1 past ``N``)."""
+    rows, row_mask = _span(tl.program_id(0) * BLOCK_N, N, BLOCK_N)
+    labels = tl.load(y_ptr + rows, mask=row_mask, other=-1)
+    return rows, row_mask, labels
+
+
+@triton.jit
+def _tile_ptrs(base, idx, idx_mask, ks, k_mask, stride, TRANSPOSED: tl.constexpr):
+    """Pointers and mask of the tile (rows ``idx``, columns ``ks``) of a row-major matrix with row stride
+    ``stride``: [len(idx), len(ks)], or [len(ks), len(idx)] when ``TRANSPOSED``."""
+    if TRANSPOSED:
+        ptrs = base + idx[None, :].to(tl.int64) * stride + ks[:, None]
+        mask = idx_mask[None, :] & k_mask[:, None]
+    else:
+        ptrs = base + idx[:, None].to(tl.int64) * stride + ks[None, :]
+        mask = idx_mask[:, None] & k_mask[None, :]
+    return ptrs, mask
+
+
+@triton.jit
+def _load_tile(base, idx, idx_mask, ks, k_mask, stride, TRANSPOSED: tl.constexpr, UPCAST: tl.constexpr):
+    """A hidden-state or weight tile (see ``_tile_ptrs``), zero outside the masks, in fp32 when ``UPCAST``."""
+    ptrs, mask = _tile_ptrs(base, idx, idx_mask, ks, k_mask, stride, TRANSPOSED)
+    tile = tl.load(ptrs, mask=mask, other=0.0)
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
 def _logits_tile(
     h_ptr,
     w_ptr,
+    b_ptr,
     rows,
     cols,
     row_mask,
@@ -58,34 +99,36 @@ def _logits_tile(
     H,
     stride_h,
     stride_w,
+    softcap,
+    inv_temperature,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     IEEE_DOT: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
+    """The logits ``softcap(h W^T + b) / T`` of a (token block, vocabulary tile) in fp32, and with
+    ``HAS_SOFTCAP`` the ``tanh((h W^T + b) / softcap)`` its backward needs (otherwise a value to ignore)."""
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
     for k0 in range(0, H, BLOCK_H):
-        ks = k0 + tl.arange(0, BLOCK_H)
-        k_mask = ks < H
-        h_blk = tl.load(
-            h_ptr + rows[:, None].to(tl.int64) * stride_h + ks[None, :],
-            mask=row_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        )
-        w_blk = tl.load(
-            w_ptr + cols[None, :].to(tl.int64) * stride_w + ks[:, None],
-            mask=col_mask[None, :] & k_mask[:, None],
-            other=0.0,
-        )
-        if UPCAST:
-            h_blk = h_blk.to(tl.float32)
-            w_blk = w_blk.to(tl.float32)
+        ks, k_mask = _span(k0, H, BLOCK_H)
+        h_blk = _load_tile(h_ptr, rows, row_mask, ks, k_mask, stride_h, False, UPCAST)
+        w_blk = _load_tile(w_ptr, cols, col_mask, ks, k_mask, stride_w, True, UPCAST)
         if IEEE_DOT:
             acc = tl.dot(h_blk, w_blk, acc, input_precision="ieee")
         else:
             acc = tl.dot(h_blk, w_blk, acc)
-    return acc
+    z = acc
+    if HAS_BIAS:
+        z += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    t = z
+    if HAS_SOFTCAP:
+        t = _tanh(z / softcap)
+        z = softcap * t
+    z = z * inv_temperature
+    return z, t
 
 
 @triton.jit
@@ -113,22 +156,19 @@ def _forward_kernel(
     BLOCK_V: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
+    rows, row_mask, labels = _token_block(y_ptr, N, BLOCK_N)
     pid_s = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    labels = tl.load(y_ptr + rows, mask=row_mask, other=-1)
     run_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
     target = tl.zeros([BLOCK_N], dtype=tl.float32)
     first = pid_s * tiles_per_split
     last = tl.minimum(first + tiles_per_split, tl.cdiv(V, BLOCK_V))
     for tile in range(first, last):
-        cols = tile * BLOCK_V + tl.arange(0, BLOCK_V)
-        col_mask = cols < V
-        z = _logits_tile(
+        cols, col_mask = _span(tile * BLOCK_V, V, BLOCK_V)
+        z, _ = _logits_tile(
             h_ptr,
             w_ptr,
+            b_ptr,
             rows,
             cols,
             row_mask,
@@ -136,17 +176,16 @@ def _forward_kernel(
             H,
             stride_h,
             stride_w,
+            softcap,
+            inv_temperature,
+            HAS_BIAS,
+            HAS_SOFTCAP,
             IEEE_DOT,
             UPCAST,
             BLOCK_N,
             BLOCK_V,
             BLOCK_H,
         )
-        if HAS_BIAS:
-            z += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-        if HAS_SOFTCAP:
-            z = softcap * _tanh(z / softcap)
-        z = z * inv_temperature
         z = tl.where(col_mask[None, :], z, float("-inf"))
         target += tl.sum(tl.where(cols[None, :] == labels[:, None], z, 0.0), axis=1)
         new_max = tl.maximum(run_max, tl.max(z, axis=1))
@@ -188,22 +227,30 @@ def _backward_kernel(
     BLOCK_V: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    row_mask = rows < N
-    col_mask = cols < V
-    z = _logits_tile(
-        h_ptr, w_ptr, rows, cols, row_mask, col_mask, H, stride_h, stride_w, IEEE_DOT, UPCAST, BLOCK_N, BLOCK_V, BLOCK_H
+    rows, row_mask, labels = _token_block(y_ptr, N, BLOCK_N)
+    cols, col_mask = _span(tl.program_id(1) * BLOCK_V, V, BLOCK_V)
+    z, t = _logits_tile(
+        h_ptr,
+        w_ptr,
+        b_ptr,
+        rows,
+        cols,
+        row_mask,
+        col_mask,
+        H,
+        stride_h,
+        stride_w,
+        softcap,
+        inv_temperature,
+        HAS_BIAS,
+        HAS_SOFTCAP,
+        IEEE_DOT,
+        UPCAST,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_H,
     )
-    if HAS_BIAS:
-        z += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_SOFTCAP:
-        t = _tanh(z / softcap)
-        z = softcap * t
-    z = z * inv_temperature
-    labels = tl.load(y_ptr + rows, mask=row_mask, other=-1) - label_offset
+    labels = labels - label_offset
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     coef = tl.load(g_ptr + rows, mask=row_mask, other=0.0) * inv_temperature
     p = tl.exp(z - lse[:, None])
@@ -219,38 +266,23 @@ def _backward_kernel(
     else:
         grad_in = grad.to(h_ptr.dtype.element_ty)
     for k0 in range(0, H, BLOCK_H):
-        ks = k0 + tl.arange(0, BLOCK_H)
-        k_mask = ks < H
+        ks, k_mask = _span(k0, H, BLOCK_H)
         if NEED_H:
-            w_blk = tl.load(
-                w_ptr + cols[:, None].to(tl.int64) * stride_w + ks[None, :],
-                mask=col_mask[:, None] & k_mask[None, :],
-                other=0.0,
-            )
-            if UPCAST:
-                w_blk = w_blk.to(tl.float32)
+            w_blk = _load_tile(w_ptr, cols, col_mask, ks, k_mask, stride_w, False, UPCAST)
             if IEEE_DOT:
                 d_h = tl.dot(grad_in, w_blk, input_precision="ieee")
             else:
                 d_h = tl.dot(grad_in, w_blk)
-            tl.atomic_add(
-                gh_ptr + rows[:, None].to(tl.int64) * H + ks[None, :], d_h, mask=row_mask[:, None] & k_mask[None, :]
-            )
+            gh_ptrs, gh_mask = _tile_ptrs(gh_ptr, rows, row_mask, ks, k_mask, H, False)
+            tl.atomic_add(gh_ptrs, d_h, mask=gh_mask)
         if NEED_W:
-            h_blk = tl.load(
-                h_ptr + rows[:, None].to(tl.int64) * stride_h + ks[None, :],
-                mask=row_mask[:, None] & k_mask[None, :],
-                other=0.0,
-            )
-            if UPCAST:
-                h_blk = h_blk.to(tl.float32)
+            h_blk = _load_tile(h_ptr, rows, row_mask, ks, k_mask, stride_h, False, UPCAST)
             if IEEE_DOT:
                 d_w = tl.dot(tl.trans(grad_in), h_blk, input_precision="ieee")
             else:
                 d_w = tl.dot(tl.trans(grad_in), h_blk)
-            tl.atomic_add(
-                gw_ptr + cols[:, None].to(tl.int64) * H + ks[None, :], d_w, mask=col_mask[:, None] & k_mask[None, :]
-            )
+            gw_ptrs, gw_mask = _tile_ptrs(gw_ptr, cols, col_mask, ks, k_mask, H, False)
+            tl.atomic_add(gw_ptrs, d_w, mask=gw_mask)
 
 
 def _dot_flags(dtype: torch.dtype) -> dict[str, bool]:
@@ -419,8 +451,4 @@ def backward(
             )
             if slab_w is not None:
                 grad_w[v0:v1].copy_(target_w)
-    if grad_h is not None and grad_h.dtype != hidden.dtype:
-        grad_h = grad_h.to(hidden.dtype)
-    if grad_b is not None and grad_b.dtype != bias_dtype:
-        grad_b = grad_b.to(bias_dtype)
-    return grad_h, grad_w, grad_b
+    return finish_grads(grad_h, grad_w, grad_b, hidden.dtype, bias_dtype)
