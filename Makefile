@@ -47,11 +47,21 @@ test: toy
 unit: install
 	$(BIN)/python -m pytest tests/unit tests/kernels $(PYTEST_ARGS)
 
-# The benchmarks that need no earlier run, at a small size, recorded under benchmarks/results/ (a few minutes).
-bench: toy
-	$(BIN)/python benchmarks/bench_packing.py --write
+# Every benchmark that needs no earlier run, at a small size, side by side (about 15 minutes on 2 CPU cores): results,
+# a one-page summary of every goal and its figure in benchmarks/results/bench-<device>-<date>/.
+BENCH_DIR ?= benchmarks/results/bench-cpu-$(shell date -u +%F)
+BENCH_SHAPES ?= 32:32,128:128,256:256,512:512,512:128,1024:128,128:512
+bench: toy $(TRL_STAMP)
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/wrpo-ray build-toy target-weak src-llama src-qwen2
+	$(BIN)/python benchmarks/bench_packing.py --shapes $(BENCH_SHAPES) --repeats 3 --out $(BENCH_DIR)/packing
+	$(BIN)/python benchmarks/bench_wrpo_vs_dpo.py --out $(BENCH_DIR)/wrpo-vs-dpo
+	$(BIN)/python benchmarks/bench_trl_dpo.py --out $(BENCH_DIR)/trl-dpo
+	$(BIN)/python benchmarks/bench_generation.py --out $(BENCH_DIR)/generation
+	$(BIN)/python benchmarks/bench_logprobs.py --small --out $(BENCH_DIR)/logprobs
 	$(BIN)/python benchmarks/bench_vllm_startup.py --model "$$($(BIN)/wrpo-ray build-toy target-weak | cut -d' ' -f2)" \
-		--compare layout --write
+		--compare layout --out $(BENCH_DIR)/vllm-layout
+	$(BIN)/python benchmarks/report.py $(BENCH_DIR)
 
 lint: install
 	$(BIN)/ruff check wrpo_ray tests benchmarks

@@ -24,8 +24,6 @@ Example (about 2 minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import random
 import statistics
 import sys
@@ -35,12 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_logprobs import environment, peak_bytes, timed  # noqa: E402
+from record import write_result  # noqa: E402
 
 from wrpo_ray.kernels import IGNORE_INDEX  # noqa: E402
 from wrpo_ray.train.losses import LossConfig, PreferenceLogps, compute_loss  # noqa: E402
 from wrpo_ray.train.packing import make_batch  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_SHAPES = "32:32,128:128,512:128,128:512"
 """short, UltraFeedback-like (a prompt about as long as a response), prompt-heavy, response-heavy"""
 VARIANTS = [("dpo", "padded"), ("dpo", "shared_prefix"), ("wrpo", "padded"), ("wrpo", "shared_prefix")]
@@ -63,21 +61,30 @@ def examples(n: int, prompt: int, response: int, responses: int, vocab: int, see
     return out
 
 
-def model(args: argparse.Namespace):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def toy_config(arch: str, hidden: int | None = None, layers: int | None = None):
+    """The toy model ``arch``'s config, optionally wider (FFN 4x, heads of 64) or deeper."""
+    from transformers import AutoConfig
 
     from wrpo_ray.toy.build import toy_model_path
+
+    config = AutoConfig.from_pretrained(toy_model_path(arch))
+    if hidden:
+        config.hidden_size, config.intermediate_size = hidden, 4 * hidden
+        config.num_attention_heads = config.num_key_value_heads = max(1, hidden // 64)
+        config.head_dim = hidden // config.num_attention_heads
+    if layers:
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = [config.layer_types[i % len(config.layer_types)] for i in range(layers)]
+    return config
+
+
+def model(args: argparse.Namespace):
+    from transformers import AutoModelForCausalLM
+
     from wrpo_ray.train.policy import SequenceLogprobs
 
-    config = AutoConfig.from_pretrained(toy_model_path(args.arch))
-    if args.hidden:
-        config.hidden_size, config.intermediate_size = args.hidden, 4 * args.hidden
-        config.num_attention_heads = config.num_key_value_heads = max(1, args.hidden // 64)
-        config.head_dim = args.hidden // config.num_attention_heads
-    if args.layers:
-        config.num_hidden_layers = args.layers
-        if getattr(config, "layer_types", None):
-            config.layer_types = [config.layer_types[i % len(config.layer_types)] for i in range(args.layers)]
+    config = toy_config(args.arch, args.hidden, args.layers)
     torch.manual_seed(0)
     lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     lm.config.use_cache = False
@@ -184,10 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"environment": environment(args.device), "args": vars(args), "model": described,
                "results": results, "command": "python benchmarks/bench_packing.py " + " ".join(sys.argv[1:])}
     if args.write or args.out:
-        prefix = Path(args.out) if args.out else RESULTS_DIR / f"packing-{args.device}-{dt.date.today().isoformat()}"
-        prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        prefix.with_suffix(".md").write_text(render(payload))
-        print(f"recorded: {prefix}.md")
+        write_result(args.out, f"packing-{args.device}", payload, render(payload))
     return 0
 
 

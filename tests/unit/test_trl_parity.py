@@ -44,12 +44,12 @@ pytest.importorskip(
     "trl", reason="TRL (the `bench` extra, installed by `make install`) is not importable here", exc_type=ImportError
 )
 
-from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-from trl import DPOConfig, DPOTrainer  # noqa: E402
+from trl import DPOTrainer  # noqa: E402
 
 from wrpo_ray.toy.build import toy_model_path  # noqa: E402
 from wrpo_ray.toy.task import make_preference_rows  # noqa: E402
+from wrpo_ray.toy.trl_peer import conversational, dpo_trainer, encode_rows, perturbed  # noqa: E402
 from wrpo_ray.train.batching import IGNORE_INDEX, collate, tokenize_example  # noqa: E402
 from wrpo_ray.train.losses import LossConfig, PreferenceLogps, compute_loss  # noqa: E402
 from wrpo_ray.train.packing import PackedBatch, pack  # noqa: E402
@@ -64,21 +64,13 @@ NO_LIMIT = 4096
 
 def _rows(n: int = 6, seed: int = 3) -> list[dict]:
     """Conversational preference rows: the exact answer is chosen, the refusal rejected."""
-    return [
-        {
-            "prompt": [{"role": "user", "content": r["prompt"]}],
-            "chosen": [{"role": "assistant", "content": r["y_ws"]}],
-            "rejected": [{"role": "assistant", "content": r["y_l"]}],
-        }
-        for r in make_preference_rows(n, seed=seed)
-    ]
+    return [conversational(r["prompt"], r["y_ws"], r["y_l"]) for r in make_preference_rows(n, seed=seed)]
 
 
 # Responses that start or end with whitespace, where a byte-level BPE could split the prompt/completion
 # boundary differently when it tokenises the two texts together.
 EDGE_ROWS = [
-    {"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-     "rejected": [{"role": "assistant", "content": r}]}
+    conversational(p, c, r)
     for p, c, r in [
         ("Say hi", " hi", "  hi there"),
         ("Two lines", "a\nb", "\nlead"),
@@ -94,38 +86,15 @@ def _pad_id(tokenizer) -> int:
 
 def _trainer(name: str, policy, reference, rows: list[dict], max_length: int | None, tmp_path) -> DPOTrainer:
     tokenizer = AutoTokenizer.from_pretrained(toy_model_path(name))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    args = DPOConfig(
-        output_dir=str(tmp_path),
-        beta=BETA,
-        loss_type=["sigmoid"],
-        per_device_train_batch_size=len(rows),
-        max_length=max_length,
-        train_sampling_strategy="sequential",
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    return DPOTrainer(
-        model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
-    )
+    return dpo_trainer(policy, reference, rows, tokenizer, str(tmp_path), beta=BETA, batch_size=len(rows),
+                       max_length=max_length)
 
 
 def _models(name: str):
     """(reference, policy): the toy model and a copy with seeded Gaussian noise on every weight."""
     torch.manual_seed(0)
     reference = AutoModelForCausalLM.from_pretrained(toy_model_path(name), dtype=torch.float32).eval()
-    policy = copy.deepcopy(reference)
-    gen = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(NOISE * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return reference, policy
+    return reference, perturbed(reference, NOISE, seed=1234)
 
 
 def _run_trl(name: str, reference, policy, rows, max_length, tmp_path) -> dict:
@@ -170,15 +139,7 @@ def _project_batch(name: str, rows, max_length: int) -> tuple[dict, PackedBatch,
     """This project's batch of ``rows`` padded (to compare with TRL's tensors) and in the layout training uses
     (prefix-shared, packed), and the indices of the rows it kept."""
     tokenizer = AutoTokenizer.from_pretrained(toy_model_path(name))
-    encoded, kept = [], []
-    for i, row in enumerate(rows):
-        enc, reason, _ = tokenize_example(
-            tokenizer, row["prompt"], [row["chosen"][0]["content"], row["rejected"][0]["content"]],
-            max_length=max_length, max_prompt_length=max_length,
-        )
-        if reason is None:
-            encoded.append(enc)
-            kept.append(i)
+    encoded, kept = encode_rows(tokenizer, rows, max_length)
     return collate(encoded, _pad_id(tokenizer)), pack(encoded), kept
 
 

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from ray.data.datasource import BlockBasedFileDatasink
 
 from wrpo_ray.data.groups import group_partitions, map_key_groups, rows_where
-from wrpo_ray.data.io import atomic_dir
+from wrpo_ray.data.io import atomic_dir, column_total
 from wrpo_ray.data.schemas import PREFERENCE, QUARANTINE, SELECTIONS
 from wrpo_ray.train.preference_data import in_sft_split
 
@@ -115,5 +115,5 @@ def build_quadruples(sources: Path, target: Path, out: Path) -> dict[str, Any]:
     write_dataset(quads.sort("prompt_id") if n else quads, out / "data", schema=PREFERENCE)
     write_dataset(aside, out / "quarantine", schema=QUARANTINE)
     return {"quadruples": n, "quarantined": aside.count(), "target_rows": target_rows,
-            "y_ws_above_y_wt": int(quads.map_batches(_ws_above_wt, batch_format="pyarrow").sum("n") or 0)
+            "y_ws_above_y_wt": column_total(quads.map_batches(_ws_above_wt, batch_format="pyarrow"), "n")
             if n else 0}

@@ -93,3 +93,15 @@ def write_json(obj: Any, path: str | Path) -> Path:
 
 def read_table(path: str | Path) -> pa.Table:
     return pq.read_table(str(path))
+
+
+def column_total(ds: Any, column: str) -> int:
+    """The sum of an integer column of a Ray Dataset, added up in the caller as the blocks stream out.
+
+    `Dataset.sum` runs a hash aggregate (a shuffle map and reduce: about 3 s on 2 CPUs for a handful of rows);
+    a per-block sum in the caller costs a few numbers per block.
+    """
+    import pyarrow.compute as pc
+
+    return sum(int(pc.sum(b[column]).as_py() or 0)
+               for b in ds.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows)

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from wrpo_ray.config import GenerateConfig, resolve_model_path
 from wrpo_ray.data.groups import group_partitions, map_key_groups, rows_where
-from wrpo_ray.data.io import fingerprint, write_dataset, write_json
+from wrpo_ray.data.io import column_total, fingerprint, write_dataset, write_json
 from wrpo_ray.data.prompt_source import CheckedPrompts, input_identity, read_prompts
 from wrpo_ray.data.prompts import InputError
 from wrpo_ray.data.schemas import PROMPTS, QUARANTINE, SCORED, SELECTIONS
@@ -208,10 +208,10 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         todo = {name: ds for name, ds in pending.items() if name in wave}
         if not todo:
             continue
-        committed = score(source_samples(todo, cfg), cfg).map_batches(
+        committed = column_total(score(source_samples(todo, cfg), cfg).map_batches(
             commit_batch, fn_kwargs={"scored_dir": str(scored_dir), "attempt": attempt},
             batch_format="pyarrow", batch_size=None, num_cpus=0.1,
-        ).sum("rows")
+        ), "rows")
         log.info("generate: wave %d/%d (%s): %d scored samples committed in attempt %d", i + 1, len(waves),
                  ", ".join(todo), committed or 0, attempt)
     gen_seconds = time.perf_counter() - t0

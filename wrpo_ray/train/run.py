@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wrpo_ray.config import PAPER_LR, PreferenceTrainConfig, SftConfig, TrainerSettings, resolve_model_path
-from wrpo_ray.data.io import fingerprint, write_json, write_table
+from wrpo_ray.data.io import column_total, fingerprint, write_json, write_table
 from wrpo_ray.data.prompts import InputError, iter_input_rows
 from wrpo_ray.data.schemas import QUARANTINE
 from wrpo_ray.runtime import ensure_ray
@@ -270,7 +270,7 @@ def reference_resources(cfg: TrainerSettings) -> dict[str, Any]:
 def _null_count(ds: Any, column: str) -> int:
     counts = ds.select_columns([column]).map_batches(
         lambda t: pa.table({"n": [t[column].null_count]}), batch_format="pyarrow")
-    return int(counts.sum("n") or 0)
+    return column_total(counts, "n")
 
 
 # --- 4. fit -------------------------------------------------------------------------------------------
