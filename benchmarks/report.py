@@ -165,8 +165,9 @@ def _plot_generation(ax, payload: dict) -> None:
     s = payload["summary"]
     ax.bar(0, s["bare_init_s"], color="#bbb", label="start-up")
     ax.bar(0, s["bare_generate_s"], bottom=s["bare_init_s"], color="#4a7", label="generation")
-    ax.bar(1, s["bare_init_s"], color="#bbb")
-    ax.bar(1, s["stage_after_start_s"], bottom=s["bare_init_s"], color="#c84", label="plan after start-up")
+    ready = s.get("stage_engines_ready_s") or s["bare_init_s"]
+    ax.bar(1, ready, color="#bbb")
+    ax.bar(1, s["stage_after_start_s"], bottom=ready, color="#c84", label="plan after start-up")
     ax.bar(1, s["stage_wall_s"] - s["stage_plan_s"], bottom=s["stage_plan_s"], color="#88c",
            label="outside the plan")
     ax.set_xticks([0, 1], ["bare vLLM", "wrpo-ray generate"], fontsize=8)

@@ -123,6 +123,10 @@ def test_summary_counts_and_win_shares(run):
     assert s["samples"]["quarantined"] == 1
     assert math.isclose(sum(s["win_shares"].values()), 1.0)
     assert s["tokens"]["generated"] > 0 and s["tokens"]["tokens_per_s"] > 0
+    # one engine per source pool, from Ray's actor creation tasks; ready before the plan ended
+    assert s["engines"]["engines"] == 2 and all(0 < x < s["tokens"]["seconds"] for x in s["engines"]["start_s"])
+    assert 0 < s["tokens"]["engines_ready_s"] < s["tokens"]["seconds"]
+    assert s["tokens"]["tokens_per_s_after_start"] > s["tokens"]["tokens_per_s"]
     samples = _read(result.output_dir, "samples")
     assert s["samples"]["truncated"] == sum(x["finish_reason"] == "length" for x in samples) > 0
     assert s["samples"]["truncated_selectable"] is True

@@ -125,3 +125,12 @@ def test_driver_env_leaves_out_what_the_submitted_job_sets(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR",
                        json.dumps({"runtime_env": {"env_vars": {"DS_ACCELERATOR": "cpu", "HF_HOME": "/x"}}}))
     assert _job_env_vars() == {"DS_ACCELERATOR", "HF_HOME"}
+
+
+def test_engine_start_up_is_read_from_the_pools_actor_creations():
+    from wrpo_ray.generate.engine_starts import summarize
+
+    since = 1000.0
+    spans = [(990_000, 995_000), (1_000_500, 1_009_500), (1_000_200, 1_012_200)]  # an earlier stage's, then two
+    assert summarize(spans, since) == {"engines": 2, "start_s": [12.0, 9.0], "all_ready_after_s": 12.2}
+    assert summarize(spans[:1], since) == {}

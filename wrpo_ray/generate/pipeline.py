@@ -24,6 +24,7 @@ from wrpo_ray.data.prompt_source import CheckedPrompts, input_identity, read_pro
 from wrpo_ray.data.prompts import InputError
 from wrpo_ray.data.schemas import PROMPTS, QUARANTINE, SCORED, SELECTIONS
 from wrpo_ray.generate.commit import as_tagged, commit_batch, read_committed, start_attempt
+from wrpo_ray.generate.engine_starts import engine_starts
 from wrpo_ray.generate.engines import VLLMGenerator
 from wrpo_ray.generate.resolve import (
     PENDING,
@@ -168,6 +169,14 @@ def write_outputs(resolved: Any, prompts: CheckedPrompts, out: Path) -> Counter[
     return tally(resolved, prompts.quarantine)
 
 
+def _engine_starts(since: float) -> dict[str, Any]:
+    try:
+        return engine_starts(since)
+    except Exception as e:  # the state API needs the dashboard, which a cluster may run without
+        log.warning("engine start-up times unavailable: %s", e)
+        return {}
+
+
 def _retries() -> dict[str, Any]:
     """What Ray retried in this job (lost actors, lost tasks); the stage's outputs do not depend on it."""
     try:
@@ -202,7 +211,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     pairs_reused = prompts.rows_valid * len(n_per_model) - pairs_pending
     log.info("generate: attempt %d, %d (prompt, model) pairs already scored, %d to generate",
              attempt, pairs_reused, pairs_pending)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     waves = plan_waves(cfg)
     for i, wave in enumerate(waves):
         todo = {name: ds for name, ds in pending.items() if name in wave}
@@ -215,6 +224,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         log.info("generate: wave %d/%d (%s): %d scored samples committed in attempt %d", i + 1, len(waves),
                  ", ".join(todo), committed or 0, attempt)
     gen_seconds = time.perf_counter() - t0
+    engines = _engine_starts(started) if pairs_pending else {}
+    after_start = gen_seconds - engines["all_ready_after_s"] if engines else None
 
     counts = write_outputs(resolve(prompts, scored_dir, n_per_model, cfg.keep_truncated), prompts, out)
     names = [s.name for s in cfg.sources]
@@ -232,7 +243,11 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         "tokens": {"generated": counts["tokens"], "seconds": round(gen_seconds, 2),
                    # after a resume the tokens include reused samples, so a rate would mislead
                    "tokens_per_s": round(counts["tokens"] / gen_seconds, 1) if gen_seconds and not pairs_reused
-                   else None},
+                   else None,
+                   "engines_ready_s": engines.get("all_ready_after_s"),
+                   "tokens_per_s_after_start": round(counts["tokens"] / after_start, 1)
+                   if after_start and after_start > 0 and not pairs_reused else None},
+        "engines": engines,
         "win_shares": {m: (counts[f"win:{m}"] / selected if selected else 0.0) for m in names},
         "waves": waves,
         "retries": _retries(),
@@ -252,6 +267,12 @@ def _retries_line(retries: dict[str, Any]) -> str:
             "{task_retries} task retries").format(**retries)
 
 
+def _after_start(t: dict[str, Any]) -> str:
+    if not t.get("tokens_per_s_after_start"):
+        return ""
+    return (f"; engines ready after {t['engines_ready_s']} s, then {t['tokens_per_s_after_start']} tokens/s")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-stage report: counts in/out/aside, samples per source, throughput, win shares."""
     p, s, t = summary["prompts"], summary["samples"], summary["tokens"]
@@ -261,7 +282,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"samples   expected {s['expected']}  out {s['out']}  quarantined {s['quarantined']}  "
         f"truncated {s.get('truncated', 0)} ({'selectable' if s.get('truncated_selectable') else 'not selectable'})",
         f"tokens    {t['generated']} generated in {t['seconds']} s ({t['tokens_per_s']} tokens/s, "
-        "generation + scoring)" if t["tokens_per_s"] is not None else
+        "generation + scoring)" + _after_start(t) if t["tokens_per_s"] is not None else
         f"tokens    {t['generated']} in all; this attempt took {t['seconds']} s",
         "resumed   {pairs_reused} (prompt, model) pairs reused, {pairs_generated} generated".format(**r)
         if r["pairs_reused"] else "resumed   no (fresh start)",
