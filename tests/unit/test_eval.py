@@ -17,7 +17,7 @@ from wrpo_ray.eval.winrate import (
     bootstrap_ci,
     build_report,
     fit_logistic,
-    length_controlled_win_rate,
+    length_adjusted_win_rate,
     pairwise_win_rate,
 )
 
@@ -42,9 +42,9 @@ def test_win_rate_rejects_bad_input():
 def test_lc_equals_raw_when_lengths_equal():
     model, base = [3, 1, 2, 5, 0, 1], [2, 2, 2, 4, 0, 0]
     lengths = [40] * 6
-    assert length_controlled_win_rate(model, base, lengths, lengths) == pytest.approx(pairwise_win_rate(model, base))
+    assert length_adjusted_win_rate(model, base, lengths, lengths) == pytest.approx(pairwise_win_rate(model, base))
     shifted = [50] * 6
-    assert length_controlled_win_rate(model, base, shifted, lengths) == pytest.approx(pairwise_win_rate(model, base))
+    assert length_adjusted_win_rate(model, base, shifted, lengths) == pytest.approx(pairwise_win_rate(model, base))
 
 
 def test_lc_equals_raw_when_length_is_uninformative():
@@ -56,7 +56,7 @@ def test_lc_equals_raw_when_length_is_uninformative():
     base_len = [100] * len(model)
     raw = pairwise_win_rate(model, base)
     assert raw == pytest.approx(70.0)
-    assert length_controlled_win_rate(model, base, model_len, base_len) == pytest.approx(raw, abs=1e-6)
+    assert length_adjusted_win_rate(model, base, model_len, base_len) == pytest.approx(raw, abs=1e-6)
 
 
 def _length_explained(n: int, seed: int = 1):
@@ -71,24 +71,24 @@ def _length_explained(n: int, seed: int = 1):
 def test_lc_moves_toward_half_when_wins_are_explained_by_length():
     model, base, model_len, base_len = _length_explained(400)
     raw = pairwise_win_rate(model, base)
-    lc = length_controlled_win_rate(model, base, model_len, base_len)
+    lc = length_adjusted_win_rate(model, base, model_len, base_len)
     assert raw > 65.0
     assert abs(lc - 50.0) < 5.0
     assert abs(lc - 50.0) < abs(raw - 50.0)
     # Losses explained by being shorter are credited back the same way.
-    assert length_controlled_win_rate(1 - model, base, model_len, base_len) == pytest.approx(100.0 - lc, abs=1e-6)
+    assert length_adjusted_win_rate(1 - model, base, model_len, base_len) == pytest.approx(100.0 - lc, abs=1e-6)
 
 
 @pytest.mark.parametrize("model", [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
 def test_lc_degenerate_outcomes_are_finite(model):
     base = [1.0, 1.0, 1.0]
-    lc = length_controlled_win_rate(model, base, [10, 500, 30], [20, 20, 20])
+    lc = length_adjusted_win_rate(model, base, [10, 500, 30], [20, 20, 20])
     assert lc == pytest.approx(pairwise_win_rate(model, base))
 
 
 def test_lc_perfectly_separable_by_length_stays_finite():
     model, base = [1.0, 1.0, 0.0, 0.0], [0.5] * 4
-    lc = length_controlled_win_rate(model, base, [200, 190, 10, 20], [100] * 4)
+    lc = length_adjusted_win_rate(model, base, [200, 190, 10, 20], [100] * 4)
     assert math.isfinite(lc) and 0.0 < lc < 100.0
 
 
@@ -146,7 +146,7 @@ def test_build_report_shapes_and_determinism():
     assert list(reports) == ["Target-SFT", "Target-SFT-WRPO", "Target"]
     base, wrpo, target = reports["Target-SFT"], reports["Target-SFT-WRPO"], reports["Target"]
     assert isinstance(wrpo, ModelReport)
-    assert base.win_rate == 50.0 and base.win_rate_ci == (50.0, 50.0) and base.lc_win_rate == 50.0
+    assert base.win_rate == 50.0 and base.win_rate_ci == (50.0, 50.0) and base.la_win_rate == 50.0
     assert wrpo.win_rate == 100.0 and wrpo.wins == 12 and wrpo.num_paired == 12
     assert target.win_rate == 0.0 and target.losses == 12
     assert wrpo.mean_length == pytest.approx(25 + 5.5)
@@ -173,7 +173,7 @@ def test_results_tables_contain_models_and_numbers():
     for text in (format_results_table(reports, "Target-SFT"), format_results_markdown(reports, "Target-SFT")):
         for name in ("Target", "Target-SFT", "Target-SFT-WRPO"):
             assert name in text
-        assert "100.0 [100.0, 100.0]" in text and "Acc add %" in text and "LC WR" in text
+        assert "100.0 [100.0, 100.0]" in text and "Acc add %" in text and "LA WR" in text
     lines = format_results_table(reports, "Target-SFT").splitlines()
     assert lines[3].startswith("Target-SFT ") and lines[4].startswith("Target-SFT-WRPO")
     assert format_results_markdown(reports, "Target-SFT").splitlines()[4].startswith("| Target-SFT |")
@@ -211,3 +211,32 @@ def test_plot_reward_dynamics_writes_png(tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError):
         plot_reward_dynamics(empty, tmp_path / "empty.png")
+
+
+def test_model_differences_are_paired_over_the_same_prompts():
+    from wrpo_ray.eval.differences import later_minus_earlier, model_differences
+    from wrpo_ray.eval.report import format_differences_table
+
+    n = 40
+    base = [{"prompt_id": str(i), "score": 0.5, "correct": 0.0} for i in range(n)]
+    # A beats the baseline on every prompt; B on the first half only, and A is right where B is right, and more
+    a = [{"prompt_id": str(i), "score": 1.0, "correct": float(i < 30)} for i in range(n)]
+    b = [{"prompt_id": str(i), "score": 1.0 if i < n // 2 else 0.0, "correct": float(i < 10)} for i in range(n)]
+    records = {"base": base, "B": b, "A": a, "C": [{"prompt_id": "x", "score": 1.0}]}
+    assert later_minus_earlier(["base", "B", "A"]) == [("B", "base"), ("A", "base"), ("A", "B")]
+    diffs = model_differences({k: records[k] for k in ("base", "B", "A")}, "base", ["base", "B", "A", "absent"],
+                              n_resamples=200)
+    a_b = diffs[-1]
+    assert (a_b.model, a_b.other, a_b.num_paired) == ("A", "B", n)
+    assert a_b.win_rate_diff == pytest.approx(100.0 - 50.0) and a_b.win_rate_clear
+    assert a_b.head_to_head == pytest.approx(75.0)  # A's 1.0 beats B's 0.0 on half, ties on the other half
+    assert a_b.accuracy_diff == pytest.approx(50.0) and a_b.accuracy_clear and a_b.num_accuracy == n
+    assert a_b.win_rate_diff_ci[0] <= a_b.win_rate_diff <= a_b.win_rate_diff_ci[1]
+    b_base = diffs[0]
+    assert b_base.win_rate_diff == pytest.approx(0.0) and not b_base.win_rate_clear  # B wins half: 50 - 50
+    assert "A - B" in format_differences_table(diffs) and " *" in format_differences_table(diffs)
+    unchecked = {"base": [{"prompt_id": "1", "score": 0.0}], "A": [{"prompt_id": "1", "score": 1.0}]}
+    no_checks = model_differences(unchecked, "base", ["base", "A"], n_resamples=10)[0]
+    assert no_checks.accuracy_diff is None and no_checks.num_accuracy == 0
+    with pytest.raises(ValueError, match="share no judged prompt"):
+        model_differences({"base": base, "C": records["C"]}, "base", ["base", "C"], n_resamples=10)

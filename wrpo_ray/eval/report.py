@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from wrpo_ray.eval.differences import Difference
 from wrpo_ray.eval.winrate import ModelReport
 
 Reports = Mapping[str, ModelReport] | Sequence[ModelReport]
@@ -28,9 +29,9 @@ def _with_ci(value: float, ci: tuple[float, float]) -> str:
 def _results_grid(reports: Reports) -> tuple[list[str], list[list[str]]]:
     rows = _as_list(reports)
     skills = sorted({s for r in rows for s in r.accuracy})
-    header = ["Model", "WR % [95% CI]", "LC WR % [95% CI]", *(f"Acc {s} %" for s in skills), "Acc %", "Len", "n"]
+    header = ["Model", "WR % [95% CI]", "LA WR % [95% CI]", *(f"Acc {s} %" for s in skills), "Acc %", "Len", "n"]
     body = [
-        [r.model, _with_ci(r.win_rate, r.win_rate_ci), _with_ci(r.lc_win_rate, r.lc_win_rate_ci),
+        [r.model, _with_ci(r.win_rate, r.win_rate_ci), _with_ci(r.la_win_rate, r.la_win_rate_ci),
          *(_pct(r.accuracy.get(s)) for s in skills), _pct(r.overall_accuracy), f"{r.mean_length:.1f}",
          str(r.num_paired)]
         for r in rows
@@ -61,7 +62,7 @@ def _caption(reports: Reports, baseline: str) -> str:
 
 
 def format_results_table(reports: Reports, baseline: str) -> str:
-    """Plain-text table shaped like the paper's Table 2: one row per model, win rate and length-controlled
+    """Plain-text table shaped like the paper's Table 2: one row per model, win rate and length-adjusted
     win rate against `baseline` with bootstrap intervals, accuracy per skill and overall, mean response length
     and the number of paired prompts."""
     return _caption(reports, baseline) + "\n" + _plain(*_results_grid(reports))
@@ -79,6 +80,35 @@ def format_win_shares(shares: Mapping[str, float], *, markdown: bool = False) ->
     header = ["Source model", "Win share %"]
     body = [[m, _pct(100.0 * v)] for m, v in ordered]
     return _markdown(header, body) if markdown else _plain(header, body)
+
+
+def _signed(value: float | None, ci: tuple[float, float] | None, clear: bool) -> str:
+    if value is None or ci is None:
+        return "-"
+    return f"{value:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" + (" *" if clear else "")
+
+
+def _differences_grid(diffs: Sequence[Difference]) -> tuple[list[str], list[list[str]]]:
+    header = ["A - B", "dWR pts [95% CI]", "dAcc pts [95% CI]", "A vs B WR % [95% CI]", "n"]
+    body = [[f"{d.model} - {d.other}", _signed(d.win_rate_diff, d.win_rate_diff_ci, d.win_rate_clear),
+             _signed(d.accuracy_diff, d.accuracy_diff_ci, d.accuracy_clear),
+             _with_ci(d.head_to_head, d.head_to_head_ci), str(d.num_paired)] for d in diffs]
+    return header, body
+
+
+def _differences_caption(diffs: Sequence[Difference]) -> str:
+    base = diffs[0].baseline if diffs else "the baseline"
+    return (f"Differences on the same prompts, paired bootstrap (dWR: win rates against {base}; A vs B: the judge "
+            "comparing A's and B's answers; * = interval excludes 0)")
+
+
+def format_differences_table(diffs: Sequence[Difference]) -> str:
+    """Plain-text table of model-against-model differences (`differences.model_differences`)."""
+    return _differences_caption(diffs) + "\n" + _plain(*_differences_grid(diffs)) if diffs else ""
+
+
+def format_differences_markdown(diffs: Sequence[Difference]) -> str:
+    return f"_{_differences_caption(diffs)}_\n\n" + _markdown(*_differences_grid(diffs)) if diffs else ""
 
 
 _PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [

@@ -11,7 +11,14 @@ import pyarrow.parquet as pq
 
 from wrpo_ray.config import DataConfig, EvalConfig, GenerateConfig, RewardConfig, SourceModelConfig
 from wrpo_ray.data.io import write_json
-from wrpo_ray.eval.report import format_results_markdown, format_results_table, plot_reward_dynamics
+from wrpo_ray.eval.differences import model_differences
+from wrpo_ray.eval.report import (
+    format_differences_markdown,
+    format_differences_table,
+    format_results_markdown,
+    format_results_table,
+    plot_reward_dynamics,
+)
 from wrpo_ray.eval.winrate import build_report
 
 
@@ -52,13 +59,16 @@ def write_report(cfg: EvalConfig, samples: list[dict[str, Any]], generation: dic
                  metrics_files: dict[str, Path] | None = None, warning: str | None = None) -> dict[str, Any]:
     """Win rates of the judged samples against the baseline: `results.md`, plots and `summary.json`."""
     out = Path(cfg.output_dir)
-    reports = build_report(records_from_samples(samples), cfg.baseline, n_resamples=cfg.bootstrap_resamples,
-                           seed=cfg.seed)
+    records = records_from_samples(samples)
+    reports = build_report(records, cfg.baseline, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     ordered = [reports[m.name] for m in cfg.models if m.name in reports]
+    diffs = model_differences(records, cfg.baseline, [m.name for m in cfg.models],
+                              n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     head = f"WARNING: {warning}\n" if warning else ""
-    table = head + format_results_table(ordered, cfg.baseline)
+    table = head + format_results_table(ordered, cfg.baseline) + "\n\n" + format_differences_table(diffs)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(head + format_results_markdown(ordered, cfg.baseline) + "\n")
+    (out / "results.md").write_text(head + format_results_markdown(ordered, cfg.baseline) + "\n\n"
+                                    + format_differences_markdown(diffs) + "\n")
     plots = []
     for label, path in (metrics_files or {}).items():
         if Path(path).is_file():
@@ -68,6 +78,7 @@ def write_report(cfg: EvalConfig, samples: list[dict[str, Any]], generation: dic
         "baseline": cfg.baseline,
         "judge_warning": warning,
         "reports": {r.model: r.to_dict() for r in ordered},
+        "differences": [d.to_dict() for d in diffs],
         "plots": plots,
         "generation": generation,
     }

@@ -1,4 +1,4 @@
-"""Win rates against a baseline, a length-controlled variant, bootstrap intervals and per-model reports.
+"""Win rates against a baseline, a length-adjusted variant, bootstrap intervals and per-model reports.
 
 All rates are percentages. Every function is deterministic; randomness only enters through an explicit seed.
 """
@@ -108,7 +108,7 @@ def fit_logistic(
     return a, b
 
 
-def length_controlled_win_rate(
+def length_adjusted_win_rate(
     model_scores: ArrayLike,
     baseline_scores: ArrayLike,
     model_lengths: ArrayLike,
@@ -163,7 +163,7 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.number)) and math.isfinite(float(v))
 
 
@@ -174,7 +174,7 @@ def accuracy_by_skill(correct: Sequence[float | bool | None], skills: Sequence[s
         raise ValueError(f"correct and skills differ in length: {len(correct)} vs {len(skills)}")
     by_skill: dict[str, list[float]] = defaultdict(list)
     for c, s in zip(correct, skills, strict=True):
-        if _is_number(c):
+        if is_number(c):
             by_skill[str(s)].append(float(c))
     return {s: 100.0 * float(np.mean(v)) for s, v in sorted(by_skill.items())}
 
@@ -189,8 +189,8 @@ class ModelReport:
     num_paired: int
     win_rate: float
     win_rate_ci: tuple[float, float]
-    lc_win_rate: float
-    lc_win_rate_ci: tuple[float, float]
+    la_win_rate: float
+    la_win_rate_ci: tuple[float, float]
     wins: int
     ties: int
     losses: int
@@ -214,7 +214,7 @@ def _group(records: Mapping[str, Iterable[Record]] | Iterable[Record]) -> dict[s
     return grouped
 
 
-def _by_prompt(model: str, records: list[Record]) -> dict[str, Record]:
+def by_prompt(model: str, records: list[Record]) -> dict[str, Record]:
     out: dict[str, Record] = {}
     for r in records:
         pid = str(r["prompt_id"])
@@ -230,7 +230,7 @@ def _length(r: Record) -> float:
 
 
 def _overall_accuracy(records: list[Record]) -> float | None:
-    values = [float(r["correct"]) for r in records if _is_number(r.get("correct"))]
+    values = [float(r["correct"]) for r in records if is_number(r.get("correct"))]
     return 100.0 * float(np.mean(values)) if values else None
 
 
@@ -243,9 +243,9 @@ def _model_report(
     model: str, records: list[Record], baseline: str, base: dict[str, Record], *, tie: float, l2: float,
     n_resamples: int, confidence: float, seed: int,
 ) -> ModelReport:
-    own = _by_prompt(model, records)
+    own = by_prompt(model, records)
     shared = sorted(pid for pid in own.keys() & base.keys()
-                    if _is_number(own[pid].get("score")) and _is_number(base[pid].get("score")))
+                    if is_number(own[pid].get("score")) and is_number(base[pid].get("score")))
     if not shared:
         raise ValueError(f"model {model!r} shares no judged prompt with baseline {baseline!r}")
     ms = np.array([float(own[p]["score"]) for p in shared])
@@ -257,7 +257,7 @@ def _model_report(
         return pairwise_win_rate(m, b, tie=tie)
 
     def lc(m: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-        return length_controlled_win_rate(m, b, x, y, tie=tie, l2=l2)
+        return length_adjusted_win_rate(m, b, x, y, tie=tie, l2=l2)
 
     boot = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     return ModelReport(
@@ -267,8 +267,8 @@ def _model_report(
         num_paired=len(shared),
         win_rate=wr(ms, bs),
         win_rate_ci=bootstrap_ci(wr, ms, bs, **boot),
-        lc_win_rate=lc(ms, bs, ml, bl),
-        lc_win_rate_ci=bootstrap_ci(lc, ms, bs, ml, bl, **boot),
+        la_win_rate=lc(ms, bs, ml, bl),
+        la_win_rate_ci=bootstrap_ci(lc, ms, bs, ml, bl, **boot),
         wins=int(np.sum(ms > bs)),
         ties=int(np.sum(ms == bs)),
         losses=int(np.sum(ms < bs)),
@@ -299,7 +299,7 @@ def build_report(
     grouped = _group(records)
     if baseline not in grouped:
         raise ValueError(f"baseline {baseline!r} not among the models: {sorted(grouped)}")
-    base = _by_prompt(baseline, grouped[baseline])
+    base = by_prompt(baseline, grouped[baseline])
     return {
         model: _model_report(model, rs, baseline, base, tie=tie, l2=l2, n_resamples=n_resamples,
                              confidence=confidence, seed=seed)
