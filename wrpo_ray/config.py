@@ -299,6 +299,9 @@ class EvalConfig(_Strict):
     max_prompt_chars: int = Field(8000, ge=1)
     bootstrap_resamples: int = Field(1000, ge=10)
     seed: int = 0
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Models that are one method's training seeds, by method name (`wrpo-ray run` fills it from `run.seeds`):
+    differences are taken between methods, seed by seed, with their spread across seeds."""
 
     @model_validator(mode="before")
     @classmethod
@@ -320,6 +323,17 @@ class RunConfig(_Strict):
 
     output_dir: str
     baselines: list[Literal["dpo_on", "dpo_hybrid"]] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list)
+    """Training seeds of the preference stages: WRPO and each baseline are trained once per seed (data order and
+    initialisation of each run), from the same Target-SFT and preference data, and evaluated as one method.
+    Empty: the `train` section's seed alone."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"run.seeds must be distinct, got {seeds}")
+        return seeds
 
 
 class WrpoConfig(_Strict):

@@ -72,6 +72,15 @@ def _baseline_train_config(train: PreferenceTrainConfig, pair: str) -> Preferenc
     return train.model_copy(update={"loss": loss})
 
 
+def seed_runs(methods: list[tuple[str, str, PreferenceTrainConfig]], seeds: list[int]
+              ) -> list[tuple[str, str, PreferenceTrainConfig]]:
+    """(stage, model label, settings) per training run: each method once, or once per seed as `NAME-sSEED`."""
+    if not seeds:
+        return methods
+    return [(f"{name}-s{s}", f"{label}-s{s}", train.model_copy(update={"seed": s}))
+            for name, label, train in methods for s in seeds]
+
+
 def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
     from wrpo_ray.generate.pipeline import run_generate
     from wrpo_ray.train.run import run_training
@@ -114,9 +123,10 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
 
     trained = {"Target": ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target"}),
                "Target-SFT": sft_model}
-    runs = [(b, "Target-SFT-DPO" if b == "dpo_on" else "Target-SFT-DPO-hybrid",
-             _baseline_train_config(cfg.train, "on" if b == "dpo_on" else "hybrid")) for b in cfg.run.baselines]
-    runs.append(("wrpo", "Target-SFT-WRPO", cfg.train))
+    methods = [(b, "Target-SFT-DPO" if b == "dpo_on" else "Target-SFT-DPO-hybrid",
+                _baseline_train_config(cfg.train, "on" if b == "dpo_on" else "hybrid")) for b in cfg.run.baselines]
+    methods.append(("wrpo", "Target-SFT-WRPO", cfg.train))
+    runs = seed_runs(methods, cfg.run.seeds)
     for name, label, train_cfg in runs:
         train_cfg = train_cfg.model_copy(update={
             "policy": sft_model, "reference": sft_model, "data": str(root / "preference" / "data"),
@@ -127,14 +137,16 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
 
     if cfg.eval is not None:
         metrics = {label: root / name / "metrics.jsonl" for name, label, _ in runs}
-        eval_stage(cfg, stage, list(trained.values()), metrics, after=tuple(name for name, _, _ in runs))
+        groups = {label: [f"{label}-s{s}" for s in cfg.run.seeds] for _, label, _ in methods} if cfg.run.seeds else {}
+        eval_stage(cfg, stage, list(trained.values()), metrics, after=tuple(name for name, _, _ in runs),
+                   groups=groups)
     summary = {"output_dir": str(root), "stages": stage.summaries, "seconds": stage.seconds}
     write_json(summary, root / "pipeline.json")
     return summary
 
 
 def eval_stage(cfg: WrpoConfig, stage: StageRunner, models: list[ModelConfig], metrics_files: dict[str, Path],
-               after: tuple[str, ...] = ()) -> dict[str, Any]:
+               after: tuple[str, ...] = (), groups: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """The eval stage of a run: every trained model, the resolved judge and its warning, under `<root>/eval`.
 
     The resolved judge is part of the stage's settings, so a different fallback judge re-runs it.
@@ -143,7 +155,7 @@ def eval_stage(cfg: WrpoConfig, stage: StageRunner, models: list[ModelConfig], m
 
     judge, warning = resolve_judge(cfg)
     eval_cfg = cfg.eval.model_copy(update={"models": models, "output_dir": str(stage.root / "eval"),
-                                           "judge": judge})
+                                           "judge": judge, "groups": groups or cfg.eval.groups})
     return stage("eval", eval_cfg.model_dump(),
                  lambda: run_eval(eval_cfg, judge, metrics_files=metrics_files, warning=warning),
                  after=after)
@@ -151,10 +163,13 @@ def eval_stage(cfg: WrpoConfig, stage: StageRunner, models: list[ModelConfig], m
 
 def _runtime_ratio(stages: dict[str, Any]) -> str | None:
     """WRPO's training time against DPO-on's (the paper's Table 8: about 1.16x on 8 GPUs)."""
-    try:
-        wrpo, dpo = stages["wrpo"]["seconds"], stages["dpo_on"]["seconds"]
-    except KeyError:
+    def first(name: str) -> dict[str, Any] | None:  # the method's stage, or its first seed's
+        return stages.get(name) or next((v for k, v in stages.items() if k.startswith(f"{name}-s")), None)
+
+    wrpo, dpo = first("wrpo"), first("dpo_on")
+    if wrpo is None or dpo is None:
         return None
+    wrpo, dpo = wrpo["seconds"], dpo["seconds"]
     line = f"training WRPO / DPO-on: whole stage {wrpo['train']:.0f} s / {dpo['train']:.0f} s"
     if wrpo.get("per_step_median") and dpo.get("per_step_median"):
         w, d = wrpo["per_step_median"], dpo["per_step_median"]

@@ -213,8 +213,8 @@ def test_plot_reward_dynamics_writes_png(tmp_path):
         plot_reward_dynamics(empty, tmp_path / "empty.png")
 
 
-def test_model_differences_are_paired_over_the_same_prompts():
-    from wrpo_ray.eval.differences import later_minus_earlier, model_differences
+def test_method_differences_are_paired_over_the_same_prompts():
+    from wrpo_ray.eval.differences import later_minus_earlier, method_differences
     from wrpo_ray.eval.report import format_differences_table
 
     n = 40
@@ -224,7 +224,7 @@ def test_model_differences_are_paired_over_the_same_prompts():
     b = [{"prompt_id": str(i), "score": 1.0 if i < n // 2 else 0.0, "correct": float(i < 10)} for i in range(n)]
     records = {"base": base, "B": b, "A": a, "C": [{"prompt_id": "x", "score": 1.0}]}
     assert later_minus_earlier(["base", "B", "A"]) == [("B", "base"), ("A", "base"), ("A", "B")]
-    diffs = model_differences({k: records[k] for k in ("base", "B", "A")}, "base", ["base", "B", "A", "absent"],
+    diffs = method_differences({k: records[k] for k in ("base", "B", "A")}, "base", ["base", "B", "A", "absent"],
                               n_resamples=200)
     a_b = diffs[-1]
     assert (a_b.model, a_b.other, a_b.num_paired) == ("A", "B", n)
@@ -236,7 +236,32 @@ def test_model_differences_are_paired_over_the_same_prompts():
     assert b_base.win_rate_diff == pytest.approx(0.0) and not b_base.win_rate_clear  # B wins half: 50 - 50
     assert "A - B" in format_differences_table(diffs) and " *" in format_differences_table(diffs)
     unchecked = {"base": [{"prompt_id": "1", "score": 0.0}], "A": [{"prompt_id": "1", "score": 1.0}]}
-    no_checks = model_differences(unchecked, "base", ["base", "A"], n_resamples=10)[0]
+    no_checks = method_differences(unchecked, "base", ["base", "A"], n_resamples=10)[0]
     assert no_checks.accuracy_diff is None and no_checks.num_accuracy == 0
     with pytest.raises(ValueError, match="share no judged prompt"):
-        model_differences({"base": base, "C": records["C"]}, "base", ["base", "C"], n_resamples=10)
+        method_differences({"base": base, "C": records["C"]}, "base", ["base", "C"], n_resamples=10)
+
+
+def test_methods_with_seeds_are_compared_seed_by_seed_with_their_spread():
+    from wrpo_ray.eval.differences import method_differences, seed_pairs
+    from wrpo_ray.eval.report import format_differences_table
+
+    n = 20
+    base = [{"prompt_id": str(i), "score": 0.5, "correct": 0.0} for i in range(n)]
+
+    def model(wins: int, right: int) -> list[dict]:
+        return [{"prompt_id": str(i), "score": 1.0 if i < wins else 0.0, "correct": float(i < right)} for i in range(n)]
+
+    records = {"base": base, "D-s0": model(10, 4), "D-s1": model(12, 6), "W-s0": model(14, 8), "W-s1": model(18, 8)}
+    groups = {"D": ["D-s0", "D-s1"], "W": ["W-s0", "W-s1"]}
+    diffs = method_differences(records, "base", ["base", "D-s0", "D-s1", "W-s0", "W-s1"], groups, n_resamples=200)
+    assert [(d.model, d.other, d.pairs) for d in diffs] == [("D", "base", 2), ("W", "base", 2), ("W", "D", 2)]
+    w_d = diffs[-1]
+    # per seed pair: W-s0 - D-s0 wins 14 vs 10 of 20 = +20 points, W-s1 - D-s1 18 vs 12 = +30 points
+    assert w_d.win_rate_diff_per_pair == pytest.approx([20.0, 30.0]) and w_d.win_rate_diff == pytest.approx(25.0)
+    assert w_d.win_rate_diff_sd == pytest.approx(np.std([20.0, 30.0], ddof=1))
+    assert w_d.accuracy_diff_per_pair == pytest.approx([20.0, 10.0])
+    assert "sd 7.1" in format_differences_table(diffs)
+    assert seed_pairs(["a"], ["b1", "b2"]) == [("a", "b1"), ("a", "b2")]
+    with pytest.raises(ValueError, match="seed by seed"):
+        seed_pairs(["a1", "a2"], ["b1", "b2", "b3"])

@@ -134,3 +134,22 @@ def test_engine_start_up_is_read_from_the_pools_actor_creations():
     spans = [(990_000, 995_000), (1_000_500, 1_009_500), (1_000_200, 1_012_200)]  # an earlier stage's, then two
     assert summarize(spans, since) == {"engines": 2, "start_s": [12.0, 9.0], "all_ready_after_s": 12.2}
     assert summarize(spans[:1], since) == {}
+
+
+def test_each_preference_method_is_trained_once_per_seed():
+    import pytest
+
+    from wrpo_ray.config import PreferenceTrainConfig, RunConfig
+    from wrpo_ray.pipeline import _runtime_ratio, seed_runs
+
+    train = PreferenceTrainConfig()
+    methods = [("dpo_on", "Target-SFT-DPO", train), ("wrpo", "Target-SFT-WRPO", train)]
+    assert seed_runs(methods, []) == methods
+    runs = seed_runs(methods, [3, 7])
+    assert [(n, label, c.seed) for n, label, c in runs] == [
+        ("dpo_on-s3", "Target-SFT-DPO-s3", 3), ("dpo_on-s7", "Target-SFT-DPO-s7", 7),
+        ("wrpo-s3", "Target-SFT-WRPO-s3", 3), ("wrpo-s7", "Target-SFT-WRPO-s7", 7)]
+    with pytest.raises(ValueError, match="distinct"):
+        RunConfig(output_dir="x", seeds=[1, 1])
+    stages = {k: {"seconds": {"train": 10.0, "per_step_median": v}} for k, v in (("dpo_on-s3", 0.1), ("wrpo-s3", 0.12))}
+    assert "1.20x" in _runtime_ratio(stages)

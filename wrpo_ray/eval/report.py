@@ -82,16 +82,18 @@ def format_win_shares(shares: Mapping[str, float], *, markdown: bool = False) ->
     return _markdown(header, body) if markdown else _plain(header, body)
 
 
-def _signed(value: float | None, ci: tuple[float, float] | None, clear: bool) -> str:
+def _signed(value: float | None, ci: tuple[float, float] | None, clear: bool, sd: float | None = None) -> str:
     if value is None or ci is None:
         return "-"
-    return f"{value:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" + (" *" if clear else "")
+    spread = f" sd {sd:.1f}" if sd is not None else ""
+    return f"{value:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]{spread}" + (" *" if clear else "")
 
 
 def _differences_grid(diffs: Sequence[Difference]) -> tuple[list[str], list[list[str]]]:
-    header = ["A - B", "dWR pts [95% CI]", "dAcc pts [95% CI]", "A vs B WR % [95% CI]", "n"]
-    body = [[f"{d.model} - {d.other}", _signed(d.win_rate_diff, d.win_rate_diff_ci, d.win_rate_clear),
-             _signed(d.accuracy_diff, d.accuracy_diff_ci, d.accuracy_clear),
+    header = ["A - B", "pairs", "dWR pts [95% CI]", "dAcc pts [95% CI]", "A vs B WR % [95% CI]", "n"]
+    body = [[f"{d.model} - {d.other}", str(d.pairs),
+             _signed(d.win_rate_diff, d.win_rate_diff_ci, d.win_rate_clear, d.win_rate_diff_sd),
+             _signed(d.accuracy_diff, d.accuracy_diff_ci, d.accuracy_clear, d.accuracy_diff_sd),
              _with_ci(d.head_to_head, d.head_to_head_ci), str(d.num_paired)] for d in diffs]
     return header, body
 
@@ -99,11 +101,12 @@ def _differences_grid(diffs: Sequence[Difference]) -> tuple[list[str], list[list
 def _differences_caption(diffs: Sequence[Difference]) -> str:
     base = diffs[0].baseline if diffs else "the baseline"
     return (f"Differences on the same prompts, paired bootstrap (dWR: win rates against {base}; A vs B: the judge "
-            "comparing A's and B's answers; * = interval excludes 0)")
+            "comparing A's and B's answers; pairs: seed pairs averaged, sd = their spread across seeds; "
+            "* = interval excludes 0)")
 
 
 def format_differences_table(diffs: Sequence[Difference]) -> str:
-    """Plain-text table of model-against-model differences (`differences.model_differences`)."""
+    """Plain-text table of method-against-method differences (`differences.method_differences`)."""
     return _differences_caption(diffs) + "\n" + _plain(*_differences_grid(diffs)) if diffs else ""
 
 

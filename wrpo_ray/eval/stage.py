@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from wrpo_ray.config import DataConfig, EvalConfig, GenerateConfig, RewardConfig, SourceModelConfig
 from wrpo_ray.data.io import write_json
-from wrpo_ray.eval.differences import model_differences
+from wrpo_ray.eval.differences import method_differences
 from wrpo_ray.eval.report import (
     format_differences_markdown,
     format_differences_table,
@@ -62,8 +62,8 @@ def write_report(cfg: EvalConfig, samples: list[dict[str, Any]], generation: dic
     records = records_from_samples(samples)
     reports = build_report(records, cfg.baseline, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     ordered = [reports[m.name] for m in cfg.models if m.name in reports]
-    diffs = model_differences(records, cfg.baseline, [m.name for m in cfg.models],
-                              n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+    diffs = method_differences(records, cfg.baseline, [m.name for m in cfg.models], cfg.groups,
+                               n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     head = f"WARNING: {warning}\n" if warning else ""
     table = head + format_results_table(ordered, cfg.baseline) + "\n\n" + format_differences_table(diffs)
     out.mkdir(parents=True, exist_ok=True)
