@@ -47,7 +47,7 @@ test: toy
 unit: install
 	$(BIN)/python -m pytest tests/unit tests/kernels $(PYTEST_ARGS)
 
-# Every benchmark that needs no earlier run, at a small size, side by side (about 15 minutes on 2 CPU cores): results,
+# Every benchmark that needs no earlier run, at a small size, side by side (about 8 minutes on 2 CPU cores): results,
 # a one-page summary of every goal and its figure in benchmarks/results/bench-<device>-<date>/.
 BENCH_DIR ?= benchmarks/results/bench-cpu-$(shell date -u +%F)
 BENCH_SHAPES ?= 32:32,128:128,256:256,512:512,512:128,1024:128,128:512

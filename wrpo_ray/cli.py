@@ -100,7 +100,7 @@ def format_train_summary(s: dict) -> str:
         f"{s['stage']} ({s['objective']}): rows in {rows['in']}  trained {rows['trained']}  "
         f"quarantined {rows['quarantined']}  unused per epoch {rows['unused_per_epoch']}",
         f"truncated: {s['truncated']['prompts']} prompts, {s['truncated']['responses']} responses",
-        f"steps {steps['completed']}/{steps['total']}  train {s['seconds']['train']} s  reference: {s['reference']}",
+        f"steps {steps['completed']}/{steps['total']}  reference: {s['reference']}",
         format_stage_seconds(s["seconds"]),
         _format_restarts(s),
         "final metrics: " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(s["final_metrics"].items())),

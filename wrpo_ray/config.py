@@ -324,9 +324,9 @@ class RunConfig(_Strict):
     output_dir: str
     baselines: list[Literal["dpo_on", "dpo_hybrid"]] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=list)
-    """Training seeds of the preference stages: WRPO and each baseline are trained once per seed (data order and
-    initialisation of each run), from the same Target-SFT and preference data, and evaluated as one method.
-    Empty: the `train` section's seed alone."""
+    """Training seeds of the preference stages: WRPO and each baseline are trained once per seed, from the same
+    Target-SFT and preference data (so a seed changes the order of the training data, and dropout where the
+    model has any), and evaluated as one method. Empty: the `train` section's seed alone."""
 
     @field_validator("seeds")
     @classmethod
@@ -514,11 +514,63 @@ def missing_run_sections(cfg: WrpoConfig) -> list[str]:
     return [name for name in RUN_SECTIONS if getattr(cfg, name) is None]
 
 
+def seed_label(label: str, seed: int | str) -> str:
+    """The name of one seed's run of a method (stage or model): `wrpo-s1`, `Target-SFT-WRPO-s1`."""
+    return f"{label}-s{seed}"
+
+
+def run_model_names(cfg: WrpoConfig) -> list[str]:
+    """The models `wrpo-ray run` evaluates, in order: Target, Target-SFT, each baseline, WRPO (each seed's)."""
+    methods = [{"dpo_on": "Target-SFT-DPO", "dpo_hybrid": "Target-SFT-DPO-hybrid"}[b] for b in cfg.run.baselines]
+    methods.append("Target-SFT-WRPO")
+    seeds = cfg.run.seeds
+    return ["Target", "Target-SFT", *(seed_label(m, s) for m in methods for s in seeds)] if seeds else \
+        ["Target", "Target-SFT", *methods]
+
+
+def run_errors(cfg: WrpoConfig) -> list[str]:
+    """What `wrpo-ray run` cannot do with this config, found before any stage runs."""
+    errors = [f"`wrpo-ray run` needs a '{section}' section" for section in missing_run_sections(cfg)]
+    if errors or cfg.run is None:
+        return errors
+    if cfg.run.seeds and not cfg.train.shuffle:
+        errors.append("run.seeds with train.shuffle false: a seed only changes the order of the training data "
+                      "(every run starts from Target-SFT), so every seed would train the same model")
+    if cfg.eval is not None:
+        names = run_model_names(cfg)
+        if cfg.eval.baseline not in names:
+            errors.append(f"eval.baseline {cfg.eval.baseline!r} is not a model this run evaluates: {names}")
+        if cfg.run.seeds and cfg.eval.groups:
+            errors.append("eval.groups is set by `wrpo-ray run` from run.seeds; leave it unset")
+    return errors
+
+
 def require_run_sections(cfg: WrpoConfig) -> None:
-    """A `ConfigError` naming every section `wrpo-ray run` needs and the config lacks."""
-    missing = missing_run_sections(cfg)
-    if missing:
-        raise ConfigError("\n".join(f"`wrpo-ray run` needs a '{section}' section" for section in missing))
+    """A `ConfigError` naming every section `wrpo-ray run` needs and the config lacks, and every setting it
+    cannot run with (`run_errors`)."""
+    errors = run_errors(cfg)
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def group_errors(groups: dict[str, list[str]], models: list[str]) -> list[str]:
+    """`eval.groups` must name evaluated models, each in one group, under names no model has; groups of more
+    than one model must be equally large (their seeds are compared pairwise, in order)."""
+    errors = []
+    seen: set[str] = set()
+    for name, members in groups.items():
+        if name in models:
+            errors.append(f"eval.groups: group {name!r} has the name of a model")
+        for m in members:
+            if m not in models:
+                errors.append(f"eval.groups.{name}: {m!r} is not one of eval.models")
+            if m in seen:
+                errors.append(f"eval.groups.{name}: {m!r} is in more than one group")
+            seen.add(m)
+    sizes = {len(ms) for ms in groups.values() if len(ms) > 1}
+    if len(sizes) > 1:
+        errors.append(f"eval.groups: groups of several seeds must be equally large, got sizes {sorted(sizes)}")
+    return errors
 
 
 def standalone_eval_errors(ev: EvalConfig) -> list[str]:
@@ -528,6 +580,7 @@ def standalone_eval_errors(ev: EvalConfig) -> list[str]:
         errors.append("eval.models is empty: list the models to compare")
     elif ev.baseline not in {m.name for m in ev.models}:
         errors.append(f"eval.baseline {ev.baseline!r} is not one of eval.models {[m.name for m in ev.models]}")
+    errors += group_errors(ev.groups, [m.name for m in ev.models])
     if ev.output_dir is None:
         errors.append("eval.output_dir is required")
     return errors
@@ -554,8 +607,7 @@ def check_config(cfg: WrpoConfig) -> ConfigReport:
 def _check_run(cfg: WrpoConfig, report: ConfigReport) -> None:
     if cfg.run is None:
         return
-    for name in missing_run_sections(cfg):
-        report.errors.append(f"run: `wrpo-ray run` needs a '{name}' section")
+    report.errors.extend(f"run: {e}" for e in run_errors(cfg))
     if cfg.eval is None:
         report.notes.append("no eval section: `wrpo-ray run` trains and does not evaluate")
 

@@ -26,6 +26,7 @@ from wrpo_ray.config import (
     WrpoConfig,
     require_run_sections,
     resolve_judge,
+    seed_label,
 )
 from wrpo_ray.data.handoff import build_quadruples, write_target_prompts
 from wrpo_ray.data.io import fingerprint, write_json
@@ -77,7 +78,7 @@ def seed_runs(methods: list[tuple[str, str, PreferenceTrainConfig]], seeds: list
     """(stage, model label, settings) per training run: each method once, or once per seed as `NAME-sSEED`."""
     if not seeds:
         return methods
-    return [(f"{name}-s{s}", f"{label}-s{s}", train.model_copy(update={"seed": s}))
+    return [(seed_label(name, s), seed_label(label, s), train.model_copy(update={"seed": s}))
             for name, label, train in methods for s in seeds]
 
 
@@ -137,7 +138,9 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
 
     if cfg.eval is not None:
         metrics = {label: root / name / "metrics.jsonl" for name, label, _ in runs}
-        groups = {label: [f"{label}-s{s}" for s in cfg.run.seeds] for _, label, _ in methods} if cfg.run.seeds else {}
+        groups = {label: [seed_label(label, s) for s in cfg.run.seeds] for _, label, _ in methods}
+        if not cfg.run.seeds:
+            groups = {}
         eval_stage(cfg, stage, list(trained.values()), metrics, after=tuple(name for name, _, _ in runs),
                    groups=groups)
     summary = {"output_dir": str(root), "stages": stage.summaries, "seconds": stage.seconds}
@@ -155,7 +158,7 @@ def eval_stage(cfg: WrpoConfig, stage: StageRunner, models: list[ModelConfig], m
 
     judge, warning = resolve_judge(cfg)
     eval_cfg = cfg.eval.model_copy(update={"models": models, "output_dir": str(stage.root / "eval"),
-                                           "judge": judge, "groups": groups or cfg.eval.groups})
+                                           "judge": judge, "groups": groups if groups else cfg.eval.groups})
     return stage("eval", eval_cfg.model_dump(),
                  lambda: run_eval(eval_cfg, judge, metrics_files=metrics_files, warning=warning),
                  after=after)
@@ -163,14 +166,17 @@ def eval_stage(cfg: WrpoConfig, stage: StageRunner, models: list[ModelConfig], m
 
 def _runtime_ratio(stages: dict[str, Any]) -> str | None:
     """WRPO's training time against DPO-on's (the paper's Table 8: about 1.16x on 8 GPUs)."""
-    def first(name: str) -> dict[str, Any] | None:  # the method's stage, or its first seed's
-        return stages.get(name) or next((v for k, v in stages.items() if k.startswith(f"{name}-s")), None)
+    def first(name: str) -> tuple[str, dict[str, Any] | None]:  # the method's stage, or its first seed's
+        if name in stages:
+            return name, stages[name]
+        return next(((k, v) for k, v in stages.items() if k.startswith(seed_label(name, ""))), (name, None))
 
-    wrpo, dpo = first("wrpo"), first("dpo_on")
+    (wrpo_stage, wrpo), (dpo_stage, dpo) = first("wrpo"), first("dpo_on")
     if wrpo is None or dpo is None:
         return None
     wrpo, dpo = wrpo["seconds"], dpo["seconds"]
-    line = f"training WRPO / DPO-on: whole stage {wrpo['train']:.0f} s / {dpo['train']:.0f} s"
+    which = f" ({wrpo_stage}, {dpo_stage})" if wrpo_stage != "wrpo" else ""
+    line = f"training WRPO / DPO-on{which}: whole stage {wrpo['train']:.0f} s / {dpo['train']:.0f} s"
     if wrpo.get("per_step_median") and dpo.get("per_step_median"):
         w, d = wrpo["per_step_median"], dpo["per_step_median"]
         line += f"; per optimizer step {w:.3f} s / {d:.3f} s = {w / d:.2f}x"

@@ -123,3 +123,22 @@ def test_paper_recipe_validates(tmp_path, monkeypatch):
     loss = loss_config(cfg.train)
     assert (loss.name, loss.beta, loss.alpha, loss.schedule) == ("wrpo-dpo", 0.01, 0.1, "dynamic")
     assert cfg.train.num_workers * cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps == 128
+
+
+def test_run_checks_seeds_baseline_and_groups_before_any_stage():
+    from wrpo_ray.config import group_errors, run_errors, run_model_names
+
+    cfg = load_config(TINY, ["run.seeds=[0,1]"])
+    assert run_model_names(cfg) == ["Target", "Target-SFT", "Target-SFT-DPO-s0", "Target-SFT-DPO-s1",
+                                    "Target-SFT-WRPO-s0", "Target-SFT-WRPO-s1"]
+    assert run_errors(cfg) == []
+    bad = load_config(TINY, ["run.seeds=[0,1]", "train.shuffle=false",
+                                                     "eval.baseline=Target-SFT-WRPO"])
+    errors = run_errors(bad)
+    assert any("train.shuffle false" in e for e in errors) and any("eval.baseline" in e for e in errors)
+    models = ["T", "A-s0", "A-s1", "B-s0"]
+    assert group_errors({"A": ["A-s0", "A-s1"], "B": ["B-s0"]}, models) == []
+    assert group_errors({"T": ["A-s0"]}, models) == ["eval.groups: group 'T' has the name of a model"]
+    assert group_errors({"A": ["A-s0", "A-s1"], "B": ["B-s0", "nope", "T"]}, models) == [
+        "eval.groups.B: 'nope' is not one of eval.models",
+        "eval.groups: groups of several seeds must be equally large, got sizes [2, 3]"]

@@ -117,23 +117,28 @@ def test_fit_time_is_split_into_the_phases_rank_0_recorded(tmp_path):
     from wrpo_ray.train.worker import PhaseClock
 
     path = tmp_path / "timings.jsonl"
-    earlier = {"started": 50.0, "ended": 60.0, "step": 4, "seconds": {"steps": 9.0}}
-    lost = {"started": 103.0, "ended": 110.0, "step": 4, "seconds": {"deepspeed_init": 2.0, "steps": 5.0}}
-    resumed = {"started": 115.0, "ended": 140.0, "step": 8, "seconds": {"deepspeed_init": 2.5, "steps": 20.0}}
-    path.write_text("".join(json.dumps(r) + "\n" for r in (earlier, lost, resumed)) + '{"started": 1')
+    earlier = {"group": "e", "started": 50.0, "ended": 60.0, "step": 4, "seconds": {"steps": 9.0}}
+    lost = {"group": "l", "started": 103.0}  # a group that lost a worker writes its start only
+    resumed_start = {"group": "r", "started": 115.0}
+    resumed = {**resumed_start, "ended": 140.0, "step": 8, "seconds": {"deepspeed_init": 2.5, "steps": 20.0}}
+    lines = [earlier, lost, resumed_start, resumed]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"group": "x", "star')
     phases = train_phases(path, fit_started=100.0, fit_ended=144.0)
-    assert phases == {"worker_group_start": 3.0, "deepspeed_init": 4.5, "steps": 25.0, "after_workers": 4.0}
+    assert phases == {"worker_group_start": 3.0, "lost_groups": 12.0, "deepspeed_init": 2.5, "steps": 20.0,
+                      "after_workers": 4.0}
     assert train_phases(tmp_path / "absent.jsonl", 0.0, 1.0) == {}
 
     clock = PhaseClock()
+    out = tmp_path / "new.jsonl"
+    clock.begin(out)
     clock.mark("load_model")
     clock.mark("steps")
     clock.mark("steps")
-    clock.write(tmp_path / "new.jsonl", step=9)
-    record = json.loads((tmp_path / "new.jsonl").read_text())
-    assert list(record["seconds"]) == ["load_model", "steps"] and record["step"] == 9
-    assert record["ended"] >= record["started"]
+    clock.write(out, step=9)
+    begun, record = (json.loads(line) for line in out.read_text().splitlines())
+    assert begun["group"] == record["group"] and list(record["seconds"]) == ["load_model", "steps"]
+    assert record["step"] == 9 and record["ended"] >= record["started"] == begun["started"]
 
     line = format_stage_seconds({"tokenize": 1.0, "train": 44.0, "train_phases": phases})
-    assert line == ("seconds: tokenize 1.0, train 44.0 (train: worker_group_start 3.0, deepspeed_init 4.5, "
-                    "steps 25.0, after_workers 4.0)")
+    assert line == ("seconds: tokenize 1.0, train 44.0 (train: worker_group_start 3.0, lost_groups 12.0, "
+                    "deepspeed_init 2.5, steps 20.0, after_workers 4.0)")

@@ -147,10 +147,14 @@ def method_differences(
     groups: Mapping[str, Sequence[str]] | None = None, *, tie: float = 0.5, n_resamples: int = 1000,
     confidence: float = 0.95, seed: int = 0,
 ) -> list[Difference]:
-    """`method_difference` for every later-minus-earlier pair of the methods of `models` that have records."""
-    groups = {g: [m for m in ms if m in records] for g, ms in (groups or {}).items()}
-    groups = {g: ms for g, ms in groups.items() if ms}
-    present = [m for m in method_order([m for m in models if m in records], groups)]
+    """`method_difference` for every later-minus-earlier pair of the methods of `models` that have records.
+
+    Raises ValueError when a group's model has no records: its seeds could no longer be paired as listed."""
+    groups = dict(groups or {})
+    missing = [m for ms in groups.values() for m in ms if m not in records]
+    if missing:
+        raise ValueError(f"no judged answers of {missing}, so their methods cannot be compared seed by seed")
+    present = method_order([m for m in models if m in records], groups)
     return [method_difference(a, b, baseline, records, groups, tie=tie, n_resamples=n_resamples,
                               confidence=confidence, seed=seed)
             for a, b in later_minus_earlier(present)]

@@ -4,6 +4,7 @@ per prompt), the judge scores the answers, and the report compares each model wi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from wrpo_ray.eval.report import (
     plot_reward_dynamics,
 )
 from wrpo_ray.eval.winrate import build_report
+
+log = logging.getLogger(__name__)
 
 
 def records_from_samples(samples: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -62,9 +65,14 @@ def write_report(cfg: EvalConfig, samples: list[dict[str, Any]], generation: dic
     records = records_from_samples(samples)
     reports = build_report(records, cfg.baseline, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     ordered = [reports[m.name] for m in cfg.models if m.name in reports]
-    diffs = method_differences(records, cfg.baseline, [m.name for m in cfg.models], cfg.groups,
-                               n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
-    head = f"WARNING: {warning}\n" if warning else ""
+    try:
+        diffs = method_differences(records, cfg.baseline, [m.name for m in cfg.models], cfg.groups,
+                                   n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+        left_out = None
+    except ValueError as e:  # the per-model table stands without them
+        log.warning("differences between models left out: %s", e)
+        diffs, left_out = [], f"differences between models left out: {e}"
+    head = "".join(f"WARNING: {w}\n" for w in (warning, left_out) if w)
     table = head + format_results_table(ordered, cfg.baseline) + "\n\n" + format_differences_table(diffs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(head + format_results_markdown(ordered, cfg.baseline) + "\n\n"
@@ -77,6 +85,7 @@ def write_report(cfg: EvalConfig, samples: list[dict[str, Any]], generation: dic
         "table": table,
         "baseline": cfg.baseline,
         "judge_warning": warning,
+        "differences_left_out": left_out,
         "reports": {r.model: r.to_dict() for r in ordered},
         "differences": [d.to_dict() for d in diffs],
         "plots": plots,

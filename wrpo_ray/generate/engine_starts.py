@@ -2,8 +2,9 @@
 
 An engine starts in its pool actor's constructor (a Ray worker process, importing vLLM, building the engine), so
 the actor creation tasks of `VLLMGenerator` actors carry its start-up; the stage reports it beside its
-throughput, and its throughput after the last engine was ready, which is what a comparison with a bare
-`LLM.generate` call after `LLM(...)` needs. Restarted actors (attempt > 0) are a pool's recovery, not its
+throughput, and (in one wave of fixed-size pools, where every engine generates once the last is ready) its
+throughput after the last engine was ready, which is what a comparison with a bare `LLM.generate` call after
+`LLM(...)` needs. Restarted actors (attempt > 0) are a pool's recovery, not its
 start-up, and are left out.
 """
 
@@ -16,7 +17,7 @@ from wrpo_ray.generate.retries import ACTOR_CREATION, STATE_LIMIT
 ENGINE_CLASS = "VLLMGenerator"
 
 
-def engine_starts(since: float, job_id: str | None = None) -> dict[str, Any]:
+def engine_starts(since: float, job_id: str | None = None, timeout: int = 10) -> dict[str, Any]:
     """The engines of this job whose actors were created after `since` (epoch seconds): how many, each one's
     start-up in seconds, and when the last was ready, in seconds after `since`. Empty if none finished."""
     import ray
@@ -24,7 +25,7 @@ def engine_starts(since: float, job_id: str | None = None) -> dict[str, Any]:
 
     job = job_id or ray.get_runtime_context().get_job_id()
     tasks = list_tasks(filters=[("job_id", "=", job), ("type", "=", ACTOR_CREATION)], detail=True,
-                       limit=STATE_LIMIT, raise_on_missing_output=False)
+                       limit=STATE_LIMIT, timeout=timeout, raise_on_missing_output=False)
     return summarize(
         [(t.start_time_ms, t.end_time_ms) for t in tasks
          if ENGINE_CLASS in (t.func_or_class_name or "") and t.attempt_number == 0

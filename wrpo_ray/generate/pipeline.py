@@ -225,7 +225,9 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                  ", ".join(todo), committed or 0, attempt)
     gen_seconds = time.perf_counter() - t0
     engines = _engine_starts(started) if pairs_pending else {}
-    after_start = gen_seconds - engines["all_ready_after_s"] if engines else None
+    # after the last engine was ready, every engine generates: not so with waves, or pools that grow
+    fixed = len(waves) == 1 and all(isinstance(src.pool.concurrency, int) for src in cfg.sources)
+    after_start = gen_seconds - engines["all_ready_after_s"] if engines and fixed else None
 
     counts = write_outputs(resolve(prompts, scored_dir, n_per_model, cfg.keep_truncated), prompts, out)
     names = [s.name for s in cfg.sources]

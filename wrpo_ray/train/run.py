@@ -125,6 +125,7 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
     earlier_attempts = len(read_attempts(spec))
     fit_started = time.time()
     result, train_seconds = fit(cfg, spec, data, out / "checkpoints", resume)
+    fit_ended = time.time()
     restarts = read_attempts(spec)[earlier_attempts + 1:]
     t0 = time.perf_counter()
     model_dir, last_step = export(cfg, out)
@@ -146,7 +147,7 @@ def run_training(cfg: TrainerSettings, stage_name: str) -> dict[str, Any]:
         "seconds": {"tokenize": round(tokenize_seconds, 2), "reference": round(ref_seconds, 2),
                     "train": round(train_seconds, 2), "export": round(export_seconds, 2),
                     "per_step_median": _median_step_seconds(Path(spec.metrics_file)),
-                    "train_phases": train_phases(timings_file(spec), fit_started, fit_started + train_seconds)},
+                    "train_phases": train_phases(timings_file(spec), fit_started, fit_ended)},
         "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
         "model_dir": str(model_dir) if model_dir else None,
         "checkpoints": str(out / "checkpoints" / "run"),
@@ -501,25 +502,35 @@ def export(cfg: TrainerSettings, out: Path) -> tuple[Path | None, int]:
 def train_phases(timings: Path, fit_started: float, fit_ended: float) -> dict[str, float]:
     """Where `fit()`'s wall time went, from rank 0's `timings.jsonl` lines of the worker groups this fit started:
     `worker_group_start` (Ray Train's controller, placement and the workers' processes, until the first
-    group's entry point ran), each worker phase summed over the groups, and `after_workers` (from the last
-    group's end to `fit()` returning: reporting, the final checkpoint's registration, tear-down). Groups that
-    ended without finishing (a lost node) count only in the total."""
+    group's entry point ran), each worker phase summed over the groups that finished, `lost_groups` (from the
+    start of a group that never ended to the start of the next) and `after_workers` (from the last group's end
+    to `fit()` returning: the final checkpoint's registration, tear-down)."""
     if not timings.is_file():
         return {}
-    groups = []
+    lines = []
     for line in timings.read_text().splitlines():
         try:
-            groups.append(json.loads(line))
+            lines.append(json.loads(line))
         except json.JSONDecodeError:  # a line a killed worker left unfinished, or one appended to it
             continue
-    groups = [g for g in groups if g["started"] >= fit_started - 1.0]
-    if not groups:
+    groups: dict[str, dict[str, Any]] = {}
+    for record in lines:
+        if record.get("started", 0.0) >= fit_started - 1.0:
+            groups.setdefault(record.get("group", str(len(groups))), {}).update(record)
+    ordered = sorted(groups.values(), key=lambda g: g["started"])
+    if not ordered:
         return {}
-    phases: dict[str, float] = {"worker_group_start": groups[0]["started"] - fit_started}
-    for g in groups:
+    phases: dict[str, float] = {"worker_group_start": ordered[0]["started"] - fit_started}
+    for i, g in enumerate(ordered):
+        if "ended" not in g:
+            until = ordered[i + 1]["started"] if i + 1 < len(ordered) else fit_ended
+            phases["lost_groups"] = phases.get("lost_groups", 0.0) + until - g["started"]
+            continue
         for k, v in g["seconds"].items():
             phases[k] = phases.get(k, 0.0) + v
-    phases["after_workers"] = fit_ended - groups[-1]["ended"]
+    last_end = max((g["ended"] for g in ordered if "ended" in g), default=None)
+    if last_end is not None:
+        phases["after_workers"] = fit_ended - last_end
     return {k: round(v, 2) for k, v in phases.items()}
 
 

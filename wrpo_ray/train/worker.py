@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,12 +106,15 @@ class Worker:
 
 
 class PhaseClock:
-    """Rank 0's wall time per phase of one worker group's attempt, one JSON line per attempt in `timings.jsonl`
-    beside the metrics: where a stage's time goes besides the optimizer steps (model load, DeepSpeed set-up,
-    the data shard, checkpoints). Wall-clock epochs mark the group's start and end, so the driver can tell
-    Ray Train's own start-up and tear-down from the worker's."""
+    """Rank 0's wall time per phase of one worker group's attempt, in `timings.jsonl` beside the metrics: where a
+    stage's time goes besides the optimizer steps (model load, DeepSpeed set-up, the data shard, checkpoints).
+
+    A group writes one line when it starts and one when it ends, both with its `group` id and wall-clock epochs,
+    so the driver can tell Ray Train's own start-up and tear-down from the workers' time, and a group that was
+    lost (a start without an end) from one that finished."""
 
     def __init__(self) -> None:
+        self.group = uuid.uuid4().hex[:12]
         self.started = time.time()
         self._last = time.perf_counter()
         self.seconds: dict[str, float] = {}
@@ -121,9 +125,15 @@ class PhaseClock:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
         self._last = now
 
+    def begin(self, path: Path) -> None:
+        self._append(path, {"group": self.group, "started": round(self.started, 3)})
+
     def write(self, path: Path, step: int) -> None:
-        record = {"started": round(self.started, 3), "ended": round(time.time(), 3), "step": step,
-                  "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+        self._append(path, {"group": self.group, "started": round(self.started, 3), "ended": round(time.time(), 3),
+                            "step": step, "seconds": {k: round(v, 3) for k, v in self.seconds.items()}})
+
+    @staticmethod
+    def _append(path: Path, record: dict[str, Any]) -> None:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -134,8 +144,13 @@ def timings_file(spec: LoopSpec) -> Path:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's entry point."""
+    import ray.train
+
     phases = PhaseClock()
-    worker = setup(LoopSpec(**config["spec"]), config.get("resume_from"), phases)
+    spec = LoopSpec(**config["spec"])
+    if ray.train.get_context().get_world_rank() == 0:
+        phases.begin(timings_file(spec))
+    worker = setup(spec, config.get("resume_from"), phases)
     train(worker)
     if worker.rank == 0:
         phases.write(timings_file(worker.spec), worker.step)
