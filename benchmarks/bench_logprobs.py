@@ -296,12 +296,18 @@ def peak_bytes(fn: Callable, args, device: str) -> tuple[int, tuple]:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn(*args)
+    return profiled_peak(prof), out
+
+
+def profiled_peak(prof) -> int:
+    """The peak of tensor bytes a CPU `torch.profiler` run with `profile_memory=True` saw allocated, relative to
+    its start: its allocation and free events summed in time order (exact and repeatable, where RSS is not)."""
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     current = peak = 0
     for _, nbytes in events:
         current += nbytes
         peak = max(peak, current)
-    return peak, out
+    return peak
 
 
 def _nbytes(tensors) -> int:

@@ -72,6 +72,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_logprobs import profiled_peak  # noqa: E402
 from bench_packing import cost, toy_config  # noqa: E402
 from record import PACKAGES, environment, machine_line, write_result  # noqa: E402
 
@@ -218,13 +219,7 @@ class StepMemory:
 
     def stop(self) -> int:
         self.prof.stop()
-        events = sorted((e.start_ns(), e.nbytes()) for e in self.prof.profiler.kineto_results.events()
-                        if e.name() == "[memory]")
-        current = peak = 0
-        for _, nbytes in events:
-            current += nbytes
-            peak = max(peak, current)
-        return peak
+        return profiled_peak(self.prof)
 
 
 class Interleaved:
