@@ -105,7 +105,8 @@ def _ctrl_c(driver: Driver, name: str, command: str):
 
 def test_ctrl_c_during_generation_of_run(world):
     """Ctrl-C in `wrpo-ray run` (its generation stage): 130, a resume line, committed batches kept."""
-    driver = _start(world, "ctrl-c-run", "run")
+    # the shared config's eval section is the standalone eval's; `run` evaluates its own models against Target-SFT
+    driver = _start(world, "ctrl-c-run", "run", "--set", "eval.baseline=Target-SFT")
     scored = world / "run" / "sources" / "scored"
     assert driver.wait_for(lambda ps: _generating(ps) and committed_files(scored), 300), driver.log.read_text()[-3000:]
     _ctrl_c(driver, "ctrl-c run/generation", "run")
