@@ -519,13 +519,24 @@ def seed_label(label: str, seed: int | str) -> str:
     return f"{label}-s{seed}"
 
 
+METHOD_LABELS = {"dpo_on": "Target-SFT-DPO", "dpo_hybrid": "Target-SFT-DPO-hybrid", "wrpo": "Target-SFT-WRPO"}
+"""The model each preference stage of `wrpo-ray run` trains, by stage name."""
+
+
+def run_methods(run: RunConfig) -> list[tuple[str, str]]:
+    """(stage name, model label) of each preference method a run trains: its baselines, then WRPO."""
+    return [(name, METHOD_LABELS[name]) for name in (*run.baselines, "wrpo")]
+
+
+def seed_groups(run: RunConfig) -> dict[str, list[str]]:
+    """Each method's models by seed (`eval.groups` of a run with `run.seeds`); empty without seeds."""
+    return {label: [seed_label(label, s) for s in run.seeds] for _, label in run_methods(run)} if run.seeds else {}
+
+
 def run_model_names(cfg: WrpoConfig) -> list[str]:
     """The models `wrpo-ray run` evaluates, in order: Target, Target-SFT, each baseline, WRPO (each seed's)."""
-    methods = [{"dpo_on": "Target-SFT-DPO", "dpo_hybrid": "Target-SFT-DPO-hybrid"}[b] for b in cfg.run.baselines]
-    methods.append("Target-SFT-WRPO")
-    seeds = cfg.run.seeds
-    return ["Target", "Target-SFT", *(seed_label(m, s) for m in methods for s in seeds)] if seeds else \
-        ["Target", "Target-SFT", *methods]
+    groups = seed_groups(cfg.run)
+    return ["Target", "Target-SFT", *(m for _, label in run_methods(cfg.run) for m in groups.get(label, [label]))]
 
 
 def run_errors(cfg: WrpoConfig) -> list[str]:

@@ -26,6 +26,8 @@ from wrpo_ray.config import (
     WrpoConfig,
     require_run_sections,
     resolve_judge,
+    run_methods,
+    seed_groups,
     seed_label,
 )
 from wrpo_ray.data.handoff import build_quadruples, write_target_prompts
@@ -124,9 +126,9 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
 
     trained = {"Target": ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target"}),
                "Target-SFT": sft_model}
-    methods = [(b, "Target-SFT-DPO" if b == "dpo_on" else "Target-SFT-DPO-hybrid",
-                _baseline_train_config(cfg.train, "on" if b == "dpo_on" else "hybrid")) for b in cfg.run.baselines]
-    methods.append(("wrpo", "Target-SFT-WRPO", cfg.train))
+    methods = [(name, label, cfg.train if name == "wrpo" else
+                _baseline_train_config(cfg.train, "on" if name == "dpo_on" else "hybrid"))
+               for name, label in run_methods(cfg.run)]
     runs = seed_runs(methods, cfg.run.seeds)
     for name, label, train_cfg in runs:
         train_cfg = train_cfg.model_copy(update={
@@ -138,11 +140,8 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
 
     if cfg.eval is not None:
         metrics = {label: root / name / "metrics.jsonl" for name, label, _ in runs}
-        groups = {label: [seed_label(label, s) for s in cfg.run.seeds] for _, label, _ in methods}
-        if not cfg.run.seeds:
-            groups = {}
         eval_stage(cfg, stage, list(trained.values()), metrics, after=tuple(name for name, _, _ in runs),
-                   groups=groups)
+                   groups=seed_groups(cfg.run))
     summary = {"output_dir": str(root), "stages": stage.summaries, "seconds": stage.seconds}
     write_json(summary, root / "pipeline.json")
     return summary
