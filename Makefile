@@ -13,7 +13,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_DEDUP_LOGS ?= 1
 
-.PHONY: install toy demo test unit lint bench clean
+.PHONY: install toy demo test unit lint bench study clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,13 @@ bench: toy $(TRL_STAMP)
 	$(BIN)/python benchmarks/bench_vllm_startup.py --model "$$($(BIN)/wrpo-ray build-toy target-weak | cut -d' ' -f2)" \
 		--compare layout --out $(BENCH_DIR)/vllm-layout
 	$(BIN)/python benchmarks/report.py $(BENCH_DIR)
+
+# The fusion study (benchmarks/fusion_study.py, jobs/configs/study.yaml): every method x 3 seeds and WRPO with
+# 1, 2 and all sources, settings chosen on validation prompts, reported on test prompts; record in
+# benchmarks/results/study-cpu-<date>/. Within 90 minutes on 2 CPU cores.
+study: install
+	$(BIN)/wrpo-ray build-toy src-llama src-qwen2 src-mistral target-partial
+	$(BIN)/python benchmarks/fusion_study.py
 
 lint: install
 	$(BIN)/ruff check wrpo_ray tests benchmarks

@@ -322,7 +322,9 @@ class RunConfig(_Strict):
     """`wrpo-ray run`: the whole pipeline under one output directory."""
 
     output_dir: str
-    baselines: list[Literal["dpo_on", "dpo_hybrid"]] = Field(default_factory=list)
+    baselines: list[Literal["dpo_on", "dpo_hybrid", "wrpo_static"]] = Field(default_factory=list)
+    """Methods trained besides WRPO, from the same Target-SFT and data: DPO on (x, y_wt, y_l) or on the hybrid pairs
+    (x, y_ws, y_l), and WRPO with alpha fixed at `train.loss.alpha` (`wrpo_static`, needs the dynamic schedule)."""
     seeds: list[int] = Field(default_factory=list)
     """Training seeds of the preference stages: WRPO and each baseline are trained once per seed, from the same
     Target-SFT and preference data (so a seed changes the order of the training data, and dropout where the
@@ -519,7 +521,8 @@ def seed_label(label: str, seed: int | str) -> str:
     return f"{label}-s{seed}"
 
 
-METHOD_LABELS = {"dpo_on": "Target-SFT-DPO", "dpo_hybrid": "Target-SFT-DPO-hybrid", "wrpo": "Target-SFT-WRPO"}
+METHOD_LABELS = {"dpo_on": "Target-SFT-DPO", "dpo_hybrid": "Target-SFT-DPO-hybrid",
+                 "wrpo_static": "Target-SFT-WRPO-static", "wrpo": "Target-SFT-WRPO"}
 """The model each preference stage of `wrpo-ray run` trains, by stage name."""
 
 
@@ -544,6 +547,11 @@ def run_errors(cfg: WrpoConfig) -> list[str]:
     errors = [f"`wrpo-ray run` needs a '{section}' section" for section in missing_run_sections(cfg)]
     if errors or cfg.run is None:
         return errors
+    if "wrpo_static" in cfg.run.baselines and cfg.train.loss.schedule == "static":
+        errors.append("run.baselines has wrpo_static while train.loss.schedule is static: both would train "
+                      "the same WRPO")
+    if len(set(cfg.run.baselines)) != len(cfg.run.baselines):
+        errors.append(f"run.baselines names a method twice: {cfg.run.baselines}")
     if cfg.run.seeds and not cfg.train.shuffle:
         errors.append("run.seeds with train.shuffle false: a seed only changes the order of the training data "
                       "(every run starts from Target-SFT), so every seed would train the same model")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,9 +51,11 @@ class StageRunner:
 
         The fingerprint chains those of the stages named in `after`: a stage whose input was rebuilt
         (a retrained Target-SFT at the same path, say) runs again even though its own settings match.
+        Paths under the run's directory count relative to it, so a run directory moved or copied elsewhere
+        (or a stage directory linked into another run) still resumes.
         """
         marker = self.root / name / "stage.json"
-        fp = fingerprint({"settings": settings, "after": {d: self.fingerprints[d] for d in after}})
+        fp = fingerprint({"settings": self._relative(settings), "after": {d: self.fingerprints[d] for d in after}})
         self.fingerprints[name] = fp
         if marker.is_file():
             done = json.loads(marker.read_text())
@@ -69,10 +72,17 @@ class StageRunner:
         self.summaries[name] = summary
         return summary
 
+    def _relative(self, settings: Any) -> Any:
+        """`settings` with the run directory written `<run>` in every path under it."""
+        root = re.escape(json.dumps(str(self.root))[1:-1])
+        return json.loads(re.sub(root + r'(?=/|")', "<run>", json.dumps(settings, default=str)))
 
-def _baseline_train_config(train: PreferenceTrainConfig, pair: str) -> PreferenceTrainConfig:
-    loss = train.loss.model_copy(update={"objective": "dpo", "pair": pair})
-    return train.model_copy(update={"loss": loss})
+
+def method_train_config(train: PreferenceTrainConfig, method: str) -> PreferenceTrainConfig:
+    """The `train` section as the preference method `method` of `wrpo-ray run` trains it (config.METHOD_LABELS)."""
+    update = {"dpo_on": {"objective": "dpo", "pair": "on"}, "dpo_hybrid": {"objective": "dpo", "pair": "hybrid"},
+              "wrpo_static": {"schedule": "static"}, "wrpo": {}}[method]
+    return train.model_copy(update={"loss": train.loss.model_copy(update=update)})
 
 
 def seed_runs(methods: list[tuple[str, str, PreferenceTrainConfig]], seeds: list[int]
@@ -126,9 +136,7 @@ def run_pipeline(cfg: WrpoConfig) -> dict[str, Any]:
 
     trained = {"Target": ModelConfig(**{**cfg.target.model_dump(exclude={"sampling"}), "name": "Target"}),
                "Target-SFT": sft_model}
-    methods = [(name, label, cfg.train if name == "wrpo" else
-                _baseline_train_config(cfg.train, "on" if name == "dpo_on" else "hybrid"))
-               for name, label in run_methods(cfg.run)]
+    methods = [(name, label, method_train_config(cfg.train, name)) for name, label in run_methods(cfg.run)]
     runs = seed_runs(methods, cfg.run.seeds)
     for name, label, train_cfg in runs:
         train_cfg = train_cfg.model_copy(update={

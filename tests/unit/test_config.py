@@ -136,6 +136,10 @@ def test_run_checks_seeds_baseline_and_groups_before_any_stage():
                                                      "eval.baseline=Target-SFT-WRPO"])
     errors = run_errors(bad)
     assert any("train.shuffle false" in e for e in errors) and any("eval.baseline" in e for e in errors)
+    static = load_config(TINY, ["run.baselines=[dpo_on,wrpo_static,dpo_on]", "train.loss.schedule=static"])
+    assert run_errors(static) == [
+        "run.baselines has wrpo_static while train.loss.schedule is static: both would train the same WRPO",
+        "run.baselines names a method twice: ['dpo_on', 'wrpo_static', 'dpo_on']"]
     models = ["T", "A-s0", "A-s1", "B-s0"]
     assert group_errors({"A": ["A-s0", "A-s1"], "B": ["B-s0"]}, models) == []
     assert group_errors({"T": ["A-s0"]}, models) == ["eval.groups: group 'T' has the name of a model"]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -23,6 +24,26 @@ def test_stage_runner_skips_only_matching_fingerprints(tmp_path):
     assert StageRunner(tmp_path)("a", {"x": 1}, lambda: calls.append(2) or {"n": 2}) == {"n": 1}
     assert StageRunner(tmp_path)("a", {"x": 2}, lambda: calls.append(3) or {"n": 3}) == {"n": 3}
     assert calls == [1, 3]
+
+
+def test_a_moved_run_directory_or_a_linked_stage_resumes(tmp_path):
+    import shutil
+
+    calls = []
+
+    def stage(root: Path, data: str = "prompts.jsonl") -> dict:
+        settings = {"output_dir": str(root / "sources"), "model": str(root / "sft" / "model"), "data": data}
+        return StageRunner(root)("sources", settings, lambda: calls.append(str(root)) or {"n": len(calls)})
+
+    stage(tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    assert stage(tmp_path / "moved") == {"n": 1}
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "sources").symlink_to(tmp_path / "run" / "sources")
+    assert stage(tmp_path / "other") == {"n": 1}
+    assert calls == [str(tmp_path / "run")]
+    # a path that only starts like the run directory is not under it
+    assert stage(tmp_path / "run", data=str(tmp_path / "run2" / "p.jsonl")) == {"n": 2}
 
 
 def test_stage_reruns_when_an_upstream_stage_reran(tmp_path):
@@ -153,3 +174,16 @@ def test_each_preference_method_is_trained_once_per_seed():
         RunConfig(output_dir="x", seeds=[1, 1])
     stages = {k: {"seconds": {"train": 10.0, "per_step_median": v}} for k, v in (("dpo_on-s3", 0.1), ("wrpo-s3", 0.12))}
     assert "1.20x" in _runtime_ratio(stages)
+
+
+def test_each_preference_method_trains_its_own_objective():
+    from wrpo_ray.config import load_config
+    from wrpo_ray.pipeline import method_train_config
+
+    train = load_config("jobs/configs/tiny-cpu.yaml").train
+    loss = {m: method_train_config(train, m).loss for m in ("wrpo", "wrpo_static", "dpo_on", "dpo_hybrid")}
+    assert (loss["wrpo"].objective, loss["wrpo"].schedule) == ("wrpo", "dynamic")
+    assert (loss["wrpo_static"].objective, loss["wrpo_static"].schedule) == ("wrpo", "static")
+    assert (loss["dpo_on"].objective, loss["dpo_on"].pair) == ("dpo", "on")
+    assert (loss["dpo_hybrid"].objective, loss["dpo_hybrid"].pair) == ("dpo", "hybrid")
+    assert loss["wrpo_static"].alpha == loss["wrpo"].alpha == 0.5

@@ -110,3 +110,18 @@ def test_demo_data_files_are_the_committed_ones(tmp_path):
     assert len(train) == 960 and len(held_out) == 200
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
     assert {r["skill"] for r in held_out} == {"add", "reverse", "sort", "upper"}
+
+
+def test_study_data_files_are_the_committed_ones(tmp_path):
+    """The fusion study's train / validation / test prompts share no prompt text, and are the committed files."""
+    from wrpo_ray.toy.task import write_study_data
+
+    files = write_study_data(tmp_path)
+    repo = Path(__file__).resolve().parents[2] / "jobs" / "data" / "study"
+    prompts = {}
+    for name, path in files.items():
+        assert path.read_text() == (repo / path.name).read_text()
+        prompts[name] = {json.loads(line)["prompt"] for line in path.read_text().splitlines()}
+    assert {k: len(v) for k, v in prompts.items()} == {"train": 3000, "validation": 200, "test": 400}
+    assert not prompts["train"] & prompts["validation"] and not prompts["train"] & prompts["test"]
+    assert not prompts["validation"] & prompts["test"]

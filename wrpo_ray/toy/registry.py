@@ -139,4 +139,11 @@ TOY_MODELS: dict[str, ToyModelSpec] = {
         arch="llama", vocab_size=304, style=LLAMA_STYLE, seed=25, skills=("add", "reverse", "sort", "upper"),
         train_steps=500,
     ),
+    # The fusion study's target: like an instruction model the sources beat on part of the distribution, it knows
+    # every skill in part (add 22%, reverse 64%, sort 26%, upper 24% greedy) and each source beats it on its own
+    # skills. Addition is learned last (its loss plateaus before it drops), so it gets most of the steps.
+    "target-partial": ToyModelSpec(
+        arch="llama", vocab_size=304, style=LLAMA_STYLE, seed=25,
+        skills=("add", "add", "add", "add", "add", "reverse", "sort", "upper"), train_steps=1400,
+    ),
 }

@@ -117,7 +117,29 @@ def write_demo_data(out_dir: str | Path, n_train: int = 960, n_eval: int = 200) 
     write_jsonl(held_out, out / "tiny-eval.jsonl")
 
 
+def write_study_data(out_dir: str | Path, n_train: int = 3000, n_validation: int = 200, n_test: int = 400
+                     ) -> dict[str, Path]:
+    """The fusion study's prompt files, no prompt text twice: `train.jsonl` (seed 1),
+    `validation.jsonl` (seed 2001, to choose settings on) and `test.jsonl` (seed 1001, to report on)."""
+    out = Path(out_dir)
+    seen: set[str] = set()
+    files = {}
+    for name, n, seed in (("train", n_train, 1), ("validation", n_validation, 2001), ("test", n_test, 1001)):
+        rows = []
+        for row in make_examples(2 * n, seed=seed):
+            if len(rows) < n and row["prompt"] not in seen:
+                seen.add(row["prompt"])
+                rows.append(row)
+        if len(rows) < n:
+            raise ValueError(f"only {len(rows)} distinct {name} prompts, {n} asked")
+        files[name] = out / f"{name}.jsonl"
+        write_jsonl(rows, files[name])
+    return files
+
+
 if __name__ == "__main__":
     import sys
 
-    write_demo_data(sys.argv[1] if len(sys.argv) > 1 else "jobs/data")
+    out = sys.argv[1] if len(sys.argv) > 1 else "jobs/data"
+    write_demo_data(out)
+    write_study_data(Path(out) / "study")
