@@ -36,6 +36,10 @@ from wrpo_ray.data.io import fingerprint, write_json
 
 log = logging.getLogger(__name__)
 
+RUN_DIR = "<run>"
+"""How a saved stage summary writes its run's directory."""
+
+
 class StageRunner:
     """Runs named stages once per fingerprint, recording each stage's summary in `<dir>/stage.json`."""
 
@@ -51,8 +55,8 @@ class StageRunner:
 
         The fingerprint chains those of the stages named in `after`: a stage whose input was rebuilt
         (a retrained Target-SFT at the same path, say) runs again even though its own settings match.
-        Paths under the run's directory count relative to it, so a run directory moved or copied elsewhere
-        (or a stage directory linked into another run) still resumes.
+        Paths under the run's directory are kept relative to it, in the fingerprint and in the saved summary, so
+        a run directory moved or copied elsewhere resumes, and so does a stage directory linked from another run.
         """
         marker = self.root / name / "stage.json"
         fp = fingerprint({"settings": self._relative(settings), "after": {d: self.fingerprints[d] for d in after}})
@@ -62,20 +66,23 @@ class StageRunner:
             if done.get("fingerprint") == fp:
                 log.info("stage %s: already complete, skipped", name)
                 self.seconds[name] = None
-                self.summaries[name] = done["summary"]
-                return done["summary"]
+                self.summaries[name] = self._absolute(done["summary"])
+                return self.summaries[name]
         log.info("stage %s: running", name)
         t0 = time.perf_counter()
         summary = fn()
         self.seconds[name] = round(time.perf_counter() - t0, 1)
-        write_json({"fingerprint": fp, "summary": summary}, marker)
+        write_json({"fingerprint": fp, "summary": self._relative(summary)}, marker)
         self.summaries[name] = summary
         return summary
 
-    def _relative(self, settings: Any) -> Any:
-        """`settings` with the run directory written `<run>` in every path under it."""
+    def _relative(self, value: Any) -> Any:
+        """`value` with the run directory written `<run>` in every path under it."""
         root = re.escape(json.dumps(str(self.root))[1:-1])
-        return json.loads(re.sub(root + r'(?=/|")', "<run>", json.dumps(settings, default=str)))
+        return json.loads(re.sub(root + r'(?=/|")', RUN_DIR, json.dumps(value, default=str)))
+
+    def _absolute(self, value: Any) -> Any:
+        return json.loads(json.dumps(value).replace(RUN_DIR, json.dumps(str(self.root))[1:-1]))
 
 
 def method_train_config(train: PreferenceTrainConfig, method: str) -> PreferenceTrainConfig:

@@ -31,19 +31,26 @@ def test_a_moved_run_directory_or_a_linked_stage_resumes(tmp_path):
 
     calls = []
 
-    def stage(root: Path, data: str = "prompts.jsonl") -> dict:
-        settings = {"output_dir": str(root / "sources"), "model": str(root / "sft" / "model"), "data": data}
-        return StageRunner(root)("sources", settings, lambda: calls.append(str(root)) or {"n": len(calls)})
+    def pipeline(root: Path, data: str = "prompts.jsonl") -> dict:
+        run = StageRunner(root)
+        sft = run("sft", {"output_dir": str(root / "sft"), "data": data},
+                  lambda: calls.append(f"sft {root.name}") or {"model_dir": str(root / "sft" / "model")})
+        # like the target stage: its settings hold a path from the sft stage's summary
+        run("target", {"model": sft["model_dir"], "output_dir": str(root / "target")},
+            lambda: calls.append(f"target {root.name}") or {}, after=("sft",))
+        return sft
 
-    stage(tmp_path / "run")
+    pipeline(tmp_path / "run")
     shutil.copytree(tmp_path / "run", tmp_path / "moved")
-    assert stage(tmp_path / "moved") == {"n": 1}
+    pipeline(tmp_path / "moved")
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "sources").symlink_to(tmp_path / "run" / "sources")
-    assert stage(tmp_path / "other") == {"n": 1}
-    assert calls == [str(tmp_path / "run")]
+    for stage in ("sft", "target"):
+        (tmp_path / "other" / stage).symlink_to(tmp_path / "run" / stage)
+    pipeline(tmp_path / "other")
+    assert calls == ["sft run", "target run"]
     # a path that only starts like the run directory is not under it
-    assert stage(tmp_path / "run", data=str(tmp_path / "run2" / "p.jsonl")) == {"n": 2}
+    pipeline(tmp_path / "run", data=str(tmp_path / "run2" / "p.jsonl"))
+    assert calls[2:] == ["sft run", "target run"]
 
 
 def test_stage_reruns_when_an_upstream_stage_reran(tmp_path):

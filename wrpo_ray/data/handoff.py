@@ -44,6 +44,10 @@ def write_target_prompts(selections: Path, out: Path, seed: int, fraction: float
     sampling (one empty file when there are none, so the input still exists)."""
     import ray
 
+    from wrpo_ray.runtime import ensure_ray
+
+    ensure_ray()  # first in a resumed run: Ray Data would otherwise start Ray itself, without our settings
+
     lines = ray.data.read_parquet(str(selections)).select_columns(["prompt_id", "messages", "metadata"]).map_batches(
         target_prompt_lines, fn_kwargs={"seed": seed, "fraction": fraction}, batch_format="pyarrow").materialize()
 
@@ -97,6 +101,10 @@ def build_quadruples(sources: Path, target: Path, out: Path) -> dict[str, Any]:
     """Join y_ws (sources) with y_wt / y_l (target samples) by prompt_id: `out/data` (sorted by prompt_id, the
     order training draws from) and `out/quarantine`."""
     import ray
+
+    from wrpo_ray.runtime import ensure_ray
+
+    ensure_ray()
 
     from wrpo_ray.data.io import write_dataset
 
