@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/study", help="the study's runs (default %(default)s)")
     parser.add_argument("--results", help="where the record goes (default benchmarks/results/study-cpu-<date>)")
-    parser.add_argument("--lrs", default="3e-5,1e-4", help="preference learning rates to choose from")
+    parser.add_argument("--lrs", default="3e-5,1e-4,3e-4", help="preference learning rates to choose from")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--test-prompts", default="jobs/data/study/test.jsonl",
                         help="held-out prompts to report on; the config's eval.prompts are the validation ones")
