@@ -77,9 +77,14 @@ class StageRunner:
         return summary
 
     def _relative(self, value: Any) -> Any:
-        """`value` with the run directory written `<run>` in every path under it."""
-        root = re.escape(json.dumps(str(self.root))[1:-1])
-        return json.loads(re.sub(root + r'(?=/|")', RUN_DIR, json.dumps(value, default=str)))
+        """`value` with the run directory written `<run>` in every path under it. A stage directory linked from
+        another run counts as under this one when named by its resolved path (model paths are resolved)."""
+        text = json.dumps(value, default=str)
+        linked = [(d.resolve(), f"{RUN_DIR}/{d.name}") for d in self.root.iterdir() if d.is_symlink()] \
+            if self.root.is_dir() else []
+        for path, name in [*linked, (self.root, RUN_DIR)]:
+            text = re.sub(re.escape(json.dumps(str(path))[1:-1]) + r'(?=/|")', name, text)
+        return json.loads(text)
 
     def _absolute(self, value: Any) -> Any:
         return json.loads(json.dumps(value).replace(RUN_DIR, json.dumps(str(self.root))[1:-1]))

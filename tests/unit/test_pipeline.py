@@ -35,8 +35,8 @@ def test_a_moved_run_directory_or_a_linked_stage_resumes(tmp_path):
         run = StageRunner(root)
         sft = run("sft", {"output_dir": str(root / "sft"), "data": data},
                   lambda: calls.append(f"sft {root.name}") or {"model_dir": str(root / "sft" / "model")})
-        # like the target stage: its settings hold a path from the sft stage's summary
-        run("target", {"model": sft["model_dir"], "output_dir": str(root / "target")},
+        # like the target stage: its settings hold a path from the sft stage's summary, resolved as a model's path is
+        run("target", {"model": str(Path(sft["model_dir"]).resolve()), "output_dir": str(root / "target")},
             lambda: calls.append(f"target {root.name}") or {}, after=("sft",))
         return sft
 
