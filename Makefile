@@ -38,7 +38,7 @@ toy: install
 	$(BIN)/wrpo-ray build-toy llama qwen2 mistral gemma2 target reward
 
 demo: install
-	$(BIN)/wrpo-ray build-toy
+	$(BIN)/wrpo-ray build-toy src-llama src-qwen2 src-mistral target-partial
 	$(BIN)/wrpo-ray run --config $(CONFIG)
 
 test: toy

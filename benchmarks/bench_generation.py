@@ -1,7 +1,7 @@
 """The generation stage against bare vLLM: `wrpo-ray generate` with one source pool (and with two) against
 `vllm.LLM.generate` on the same model, prompts and sampling, in the same run.
 
-What a new user would try first: the demo's prompts (`jobs/data/tiny-prompts.jsonl`, 960 valid) x 4 samples
+What a new user would try first: the demo's prompts (`jobs/data/tiny-prompts.jsonl`, 3000 valid) x 4 samples
 of up to 16 tokens from one tiny source. Each variant runs in its own process, in the order bare, one pool,
 two pools (repeated with `--rounds`):
 

@@ -80,7 +80,7 @@ def test_validate_tiny_config(capsys):
     assert rc == 0 and err == []
     assert out[0] == f"config OK: {TINY}"
     assert not any(line.startswith("warning:") for line in out)
-    assert any("train.loss: wrpo-dpo (dynamic) beta=0.1  alpha=0.5  lr=5e-05" in line for line in out)
+    assert any("train.loss: wrpo-dpo (dynamic) beta=0.1  alpha=0.5  lr=3e-05" in line for line in out)
 
 
 def test_validate_paper_config_names_the_missing_data(capsys):

@@ -107,7 +107,7 @@ def test_demo_data_files_are_the_committed_ones(tmp_path):
         assert (tmp_path / name).read_text() == (repo / name).read_text()
     train = [json.loads(line) for line in (tmp_path / "tiny-prompts.jsonl").read_text().splitlines()[:-2]]
     held_out = [json.loads(line) for line in (tmp_path / "tiny-eval.jsonl").read_text().splitlines()]
-    assert len(train) == 960 and len(held_out) == 200
+    assert len(train) == 3000 and len(held_out) == 400
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
     assert {r["skill"] for r in held_out} == {"add", "reverse", "sort", "upper"}
 

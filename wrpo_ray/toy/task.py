@@ -104,7 +104,7 @@ def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
 BAD_PROMPT_LINES = ('{"prompt_id": "bad-json", "prompt": "unterminated', '{"prompt_id": "bad-empty", "prompt": "   "}')
 
 
-def write_demo_data(out_dir: str | Path, n_train: int = 960, n_eval: int = 200) -> None:
+def write_demo_data(out_dir: str | Path, n_train: int = 3000, n_eval: int = 400) -> None:
     """The demo's prompt files: `tiny-prompts.jsonl` (seed 1, plus two bad rows the input stage must
     quarantine) and `tiny-eval.jsonl` (seed 1001, no prompt text shared with the training prompts)."""
     out = Path(out_dir)
