@@ -85,7 +85,7 @@ class Driver:
         full_env = {**os.environ, **(env or {}), MARK: self.mark}
         self._log_file = open(log, "w")  # noqa: SIM115 (closed in _settle)
         self.proc = subprocess.Popen(argv, env=full_env, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=cwd)
+                                     start_new_session=True, cwd=cwd, preexec_fn=_interruptible)
 
     def processes(self) -> list[psutil.Process]:
         return marked(self.mark)
@@ -125,7 +125,11 @@ class Driver:
                 pass
         elif how != "none":
             raise ValueError(how)
-        returncode = self.proc.wait(timeout=600)
+        try:
+            returncode = self.proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:  # it did not stop: end it, and everything it started, before failing
+            os.killpg(pid, signal.SIGKILL)
+            returncode = self.proc.wait()
         driver_exit = time.monotonic() - t0
         return self._settle(before, returncode, driver_exit, t0, grace)
 
@@ -148,6 +152,12 @@ class Driver:
         self._log_file.close()
         return Stop(before, after, returncode, round(driver_exit, 2), gone_at and round(gone_at, 2),
                     self.log.read_text(errors="replace"), leftovers)
+
+
+def _interruptible() -> None:
+    """In the child: Ctrl-C acts as in a terminal's foreground command. A test run started in the background by
+    a non-interactive shell inherits SIGINT ignored, and the driver would ignore the Ctrl-C the tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _cmdline(p: psutil.Process) -> list[str]:
