@@ -37,8 +37,11 @@ install: $(STAMP) $(TRL_STAMP)
 toy: install
 	$(BIN)/wrpo-ray build-toy llama qwen2 mistral gemma2 target reward
 
+# The fine-tuned toy models of the demo and of the study: three sources and the target.
+FUSION_TOYS := src-llama src-qwen2 src-mistral target-partial
+
 demo: install
-	$(BIN)/wrpo-ray build-toy src-llama src-qwen2 src-mistral target-partial
+	$(BIN)/wrpo-ray build-toy $(FUSION_TOYS)
 	$(BIN)/wrpo-ray run --config $(CONFIG)
 
 test: toy
@@ -67,7 +70,7 @@ bench: toy $(TRL_STAMP)
 # 1, 2 and all sources, settings chosen on validation prompts, reported on test prompts; record in
 # benchmarks/results/study-cpu-<date>/. Within 90 minutes on 2 CPU cores.
 study: install
-	$(BIN)/wrpo-ray build-toy src-llama src-qwen2 src-mistral target-partial
+	$(BIN)/wrpo-ray build-toy $(FUSION_TOYS)
 	$(BIN)/python benchmarks/fusion_study.py
 
 lint: install

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from record import environment, machine_line  # noqa: E402
 
 from wrpo_ray.config import METHOD_LABELS, seed_label  # noqa: E402
+from wrpo_ray.eval.report import markdown_table  # noqa: E402
 
 CONFIG = ROOT / "jobs" / "configs" / "study.yaml"
 SHARED_STAGES = ("sources", "sft", "target", "preference")
@@ -150,7 +151,7 @@ def sources_comparison(runs: dict[str, tuple[Path, str]], seeds: list[int], resa
                          *(f"{statistics.fmean(reports[m].accuracy[s] for m in members):.1f}"
                            for s in sorted(reports[members[0]].accuracy))])
     skills = sorted(reports[order[1]].accuracy)
-    table = _markdown(["method (sources)", "WR vs Target % (mean ± sd over seeds)", "Acc %", *skills], rows)
+    table = markdown_table(["method (sources)", "WR vs Target % (mean ± sd over seeds)", "Acc %", *skills], rows)
     raw = {"reports": {m: r.to_dict() for m, r in reports.items()}, "differences": [d.to_dict() for d in diffs]}
     return {"table": table, "differences": format_differences_markdown(diffs), "raw": raw}
 
@@ -159,10 +160,6 @@ def _mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
 
 
 def dynamics_figure(root: Path, labels: dict[str, str], seeds: list[int], out_png: Path) -> Path:
@@ -260,11 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Prompts: {base['generate']['data']['prompts']} (train), {validation_prompts} (validation, to choose "
         f"settings), {test_prompts} (test, reported). Seeds {seeds}.",
         "## Chosen on the validation prompts (seed 0)",
-        _markdown(["preference lr", "method", "WR vs Target %", "Acc %"], selection_rows),
+        markdown_table(["preference lr", "method", "WR vs Target %", "Acc %"], selection_rows),
         f"Chosen: preference learning rate **{lr:g}** (best mean win rate of the three), alpha schedule "
         f"**{schedule}** (the better WRPO at that rate).",
         "## Test prompts: every method, every seed (Table 2)",
-        _markdown(["method", "WR vs Target % (mean ± sd over seeds)", "Acc %", *skills], method_rows),
+        markdown_table(["method", "WR vs Target % (mean ± sd over seeds)", "Acc %", *skills], method_rows),
         "Per model, with bootstrap intervals, and the paired differences between methods "
         "(seed i with seed i; `*`: the interval excludes 0): [test_results.md](test_results.md)",
         "## Number of sources (Table 4), test prompts",

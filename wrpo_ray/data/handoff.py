@@ -102,11 +102,10 @@ def build_quadruples(sources: Path, target: Path, out: Path) -> dict[str, Any]:
     order training draws from) and `out/quarantine`."""
     import ray
 
+    from wrpo_ray.data.io import write_dataset
     from wrpo_ray.runtime import ensure_ray
 
     ensure_ray()
-
-    from wrpo_ray.data.io import write_dataset
 
     src = ray.data.read_parquet(str(sources)).map_batches(_sided, fn_kwargs={"side": "sources"},
                                                          batch_format="pyarrow")

@@ -50,7 +50,8 @@ def _plain(header: list[str], body: list[list[str]]) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in body)])
 
 
-def _markdown(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
     align = ["---", *("---:" for _ in header[1:])]
     return "\n".join("| " + " | ".join(row) + " |" for row in [header, align, *body])
 
@@ -70,7 +71,7 @@ def format_results_table(reports: Reports, baseline: str) -> str:
 
 def format_results_markdown(reports: Reports, baseline: str) -> str:
     """The same table as `format_results_table`, as GitHub markdown."""
-    return f"_{_caption(reports, baseline)}_\n\n" + _markdown(*_results_grid(reports))
+    return f"_{_caption(reports, baseline)}_\n\n" + markdown_table(*_results_grid(reports))
 
 
 def format_win_shares(shares: Mapping[str, float], *, markdown: bool = False) -> str:
@@ -79,7 +80,7 @@ def format_win_shares(shares: Mapping[str, float], *, markdown: bool = False) ->
     ordered = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))
     header = ["Source model", "Win share %"]
     body = [[m, _pct(100.0 * v)] for m, v in ordered]
-    return _markdown(header, body) if markdown else _plain(header, body)
+    return markdown_table(header, body) if markdown else _plain(header, body)
 
 
 def _signed(value: float | None, ci: tuple[float, float] | None, clear: bool, sd: float | None = None) -> str:
@@ -111,7 +112,7 @@ def format_differences_table(diffs: Sequence[Difference]) -> str:
 
 
 def format_differences_markdown(diffs: Sequence[Difference]) -> str:
-    return f"_{_differences_caption(diffs)}_\n\n" + _markdown(*_differences_grid(diffs)) if diffs else ""
+    return f"_{_differences_caption(diffs)}_\n\n" + markdown_table(*_differences_grid(diffs)) if diffs else ""
 
 
 _PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
